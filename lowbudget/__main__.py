@@ -1,0 +1,3 @@
+from lowbudget.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Adapters: textual-inversion tokens, LoRA layers, and the files that carry them."""

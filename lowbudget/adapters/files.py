@@ -1,0 +1,104 @@
+"""Adapter files: what lowbudget writes, in the layouts plain diffusers reads unchanged.
+
+- Embedding: one token per ``.safetensors``, a single key ``{token: tensor[n_vectors, dim]}``
+  (``pipe.load_textual_inversion(path)``), with provenance in the safetensors header.
+- LoRA: ``unet.*`` / ``text_encoder.*`` keys and diffusers' ``lora_adapter_metadata`` header
+  entry (``pipe.load_lora_weights(folder)``), with the same provenance.
+
+Header values are strings (a safetensors rule). No image data, file names, local paths or
+patient identifiers go in: the recipe is stored in its shareable form.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbudget import __version__
+from lowbudget.errors import AdapterError
+from lowbudget.io import atomic_write
+
+FORMAT_VERSION = "1"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class Provenance:
+    """Who made an adapter, from what, and how -- written into every adapter file."""
+
+    base_name: str
+    base_fingerprint: str
+    modality: str = ""
+    n_images: int = 0
+    steps: int = 0
+    recipe: dict[str, Any] | None = None
+    description: str = ""
+    license: str = ""
+
+    def header(self, kind: str) -> dict[str, str]:
+        return {
+            "format": "pt",
+            "lowbudget_format": f"{kind}/{FORMAT_VERSION}",
+            "lowbudget_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": self.base_name,
+            "base_fingerprint": self.base_fingerprint,
+            "modality": self.modality,
+            "n_images": str(self.n_images),
+            "steps": str(self.steps),
+            "recipe": json.dumps(self.recipe or {}, sort_keys=True),
+            "description": self.description,
+            "license": self.license,
+        }
+
+
+def token_file_name(token: str) -> str:
+    """'<prostate-mri>' -> 'prostate-mri.safetensors'."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in token.strip("<>")).strip("-.") or "token"
+    return f"{stem}.safetensors"
+
+
+def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, provenance: Provenance, *,
+                   init: str = "", dtype: str = "fp32") -> Path:
+    """Write ``{token: vectors (n, dim)}`` with provenance; atomic, 0644."""
+    from safetensors.torch import save_file
+
+    if vectors.ndim != 2:
+        raise AdapterError(f"embedding '{token}' must be (n_vectors, dim), got shape {tuple(vectors.shape)}")
+    if not torch.isfinite(vectors).all():
+        raise AdapterError(f"embedding '{token}' has NaN or infinite values; refusing to write {path}")
+    header = provenance.header("embedding") | {
+        "token": token,
+        "n_vectors": str(vectors.shape[0]),
+        "dim": str(vectors.shape[1]),
+        "init": init,
+    }
+    tensor = vectors.detach().to(_DTYPES[dtype]).cpu().contiguous()
+    return atomic_write(path, lambda tmp: save_file({token: tensor}, str(tmp), metadata=header))
+
+
+def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], adapter_metadata: dict[str, Any],
+              provenance: Provenance, *, dtype: str = "fp32") -> Path:
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise AdapterError(f"LoRA tensor {bad[0]} has NaN or infinite values; refusing to write {path}")
+    header = provenance.header("lora") | {
+        "lora_adapter_metadata": json.dumps(adapter_metadata, indent=2, sort_keys=True),
+    }
+    out = {k: v.to(_DTYPES[dtype]).contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(out, str(tmp), metadata=header))
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})

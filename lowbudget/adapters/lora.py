@@ -1,0 +1,88 @@
+"""LoRA on the U-Net (and optionally the text encoder), injected with peft.
+
+Presets name *where* the low-rank updates go:
+
+- ``cross-kv``  U-Net cross-attention key/value projections (``attn2.to_k``, ``attn2.to_v``):
+  the layers that read the prompt. At rank 4 on SD 1.5 shapes this is 198,144 parameters
+  (~0.8 MB in fp32), the smallest file that still changes how text maps to image.
+- ``attention`` every U-Net attention projection (q, k, v, out) of self- and cross-attention.
+- ``custom``    the recipe's ``target_modules`` suffixes.
+
+peft initialises ``lora_B`` to zero, so an attached adapter is an exact no-op until trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lowbudget.errors import AdapterError
+from lowbudget.models.base import BaseModel
+from lowbudget.recipe import LoraConfig
+
+PRESET_TARGETS = {
+    "cross-kv": ["attn2.to_k", "attn2.to_v"],
+    "attention": ["to_q", "to_k", "to_v", "to_out.0"],
+}
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+PEFT_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_weights", "use_dora", "bias")
+
+
+def unet_targets(cfg: LoraConfig) -> list[str]:
+    return list(cfg.target_modules) if cfg.preset == "custom" else PRESET_TARGETS[cfg.preset]
+
+
+def attach_lora(base: BaseModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
+    """Add LoRA layers to ``base`` in place; return the new trainable parameters."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    def peft_config(targets: list[str]) -> PeftLoraConfig:
+        return PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              init_lora_weights=True, target_modules=targets)
+
+    try:
+        base.unet.add_adapter(peft_config(unet_targets(cfg)))
+        if cfg.text_encoder:
+            base.text_encoder.add_adapter(peft_config(TEXT_ENCODER_TARGETS))
+    except ValueError as exc:  # peft: "Target modules ... not found in the base model"
+        raise AdapterError(f"method.lora: {str(exc).splitlines()[0]}") from None
+    params = [p for _, p in lora_parameters(base)]
+    for p in params:  # trainable tensors stay fp32 whatever the frozen weights' precision
+        p.data = p.data.float()
+    return params
+
+
+def lora_parameters(base: BaseModel) -> list[tuple[str, torch.nn.Parameter]]:
+    named = [(f"unet.{n}", p) for n, p in base.unet.named_parameters() if "lora_" in n]
+    named += [(f"text_encoder.{n}", p) for n, p in base.text_encoder.named_parameters() if "lora_" in n]
+    return named
+
+
+def lora_state_dict(base: BaseModel) -> dict[str, torch.Tensor]:
+    """LoRA tensors keyed as ``pipe.load_lora_weights`` reads them (``unet.`` / ``text_encoder.``)."""
+    from peft.utils import get_peft_model_state_dict
+
+    tensors = {f"unet.{k}": v for k, v in get_peft_model_state_dict(base.unet).items()}
+    if getattr(base.text_encoder, "peft_config", None):
+        tensors.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(base.text_encoder).items()})
+    return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+
+
+def lora_adapter_metadata(base: BaseModel) -> dict[str, Any]:
+    """The peft configs (rank, alpha, targets), in the layout diffusers stores beside LoRA weights."""
+    out: dict[str, Any] = {}
+    for prefix, module in (("unet", base.unet), ("text_encoder", base.text_encoder)):
+        config = getattr(module, "peft_config", {}).get("default")
+        if config is None:
+            continue
+        d = config.to_dict()
+        for key in PEFT_KEYS:
+            value = d.get(key)
+            out[f"{prefix}.{key}"] = sorted(value) if isinstance(value, (set, list)) else value
+    return out
+
+
+def set_lora_trainable(params: list[torch.nn.Parameter], trainable: bool) -> None:
+    for p in params:
+        p.requires_grad_(trainable)

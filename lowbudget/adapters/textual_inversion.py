@@ -1,0 +1,147 @@
+"""Textual inversion: new token vectors trained while the vocabulary stays untouched.
+
+The common way to train textual inversion resizes the text encoder's token table, lets the
+optimizer see all 49,408 rows, and copies the old rows back after every step. That costs an
+optimizer state as large as the table, about a second per step at SD scale, and -- with weight
+decay or adaptive optimizers -- slowly erodes the vocabulary when the restore is forgotten.
+
+Here the base table is never touched. :class:`TokenTable` replaces the text encoder's input
+embedding with ``base rows (frozen) + new rows (one small trainable Parameter)``: ids below
+``base_rows`` look up the frozen table, ids at or above it look up the new rows. Only the new
+rows get gradients and optimizer state, so every other row is bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbudget.errors import AdapterError
+from lowbudget.models.base import BaseModel
+from lowbudget.recipe import TokenConfig
+
+
+class TokenTable(nn.Module):
+    """A token embedding made of a frozen base table and trainable new rows."""
+
+    def __init__(self, base: nn.Embedding, new_vectors: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.base_rows = base.num_embeddings
+        self.new = nn.Parameter(new_vectors.detach().clone().float())  # (n_new, D), fp32 always
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full table (base + new rows), for code that reads ``embedding.weight``."""
+        return torch.cat([self.base.weight, self.new.to(self.base.weight.dtype)], dim=0)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base_rows + self.new.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.base.embedding_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids (B, 77) -> (B, 77, D)
+        is_new = ids >= self.base_rows
+        out = self.base(ids.clamp(max=self.base_rows - 1))
+        if not bool(is_new.any()):
+            return out
+        new = self.new[(ids - self.base_rows).clamp(min=0)].to(out.dtype)
+        return torch.where(is_new.unsqueeze(-1), new, out)
+
+
+@dataclass(frozen=True)
+class LearnedToken:
+    name: str
+    n_vectors: int
+    offset: int  # first row of this token inside TokenTable.new
+
+    @property
+    def pieces(self) -> list[str]:
+        """The tokenizer entries: '<t>', '<t>_1', ..., '<t>_{n-1}' (the diffusers convention)."""
+        return [self.name] + [f"{self.name}_{i}" for i in range(1, self.n_vectors)]
+
+
+class TokenBank:
+    """The learned tokens of one run: their rows, and how prompts mention them."""
+
+    def __init__(self, table: TokenTable, tokens: list[LearnedToken]) -> None:
+        self.table = table
+        self.tokens = tokens
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        return self.table.new
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tokens]
+
+    def vectors(self, name: str) -> torch.Tensor:
+        token = next(t for t in self.tokens if t.name == name)
+        return self.table.new.detach()[token.offset : token.offset + token.n_vectors].clone()
+
+    def expand(self, text: str) -> str:
+        """'a <t> here' -> 'a <t> <t>_1 <t>_2 here' for a 3-vector token."""
+        return expand_tokens(text, {t.name: t.n_vectors for t in self.tokens})
+
+
+def expand_tokens(text: str, n_vectors: dict[str, int]) -> str:
+    for name, n in n_vectors.items():
+        pieces = " ".join([name] + [f"{name}_{i}" for i in range(1, n)])
+        # The lookahead skips '<t>_1' pieces and a '<t>' already followed by its pieces, so an
+        # already expanded prompt stays as it is.
+        pattern = re.escape(name) + r"(?!_\d|\s+" + re.escape(f"{name}_1") + ")"
+        text = re.sub(pattern, lambda _m: pieces, text) if n > 1 else text
+    return text
+
+
+def attach_tokens(base: BaseModel, tokens: list[TokenConfig]) -> TokenBank:
+    """Add ``tokens`` to the tokenizer and install a :class:`TokenTable` in the text encoder."""
+    tokenizer, encoder = base.tokenizer, base.text_encoder
+    embedding = encoder.get_input_embeddings()
+    if isinstance(embedding, TokenTable):
+        raise AdapterError("this text encoder already carries learned tokens; load the base again")
+    if len(tokenizer) != embedding.num_embeddings:
+        raise AdapterError(
+            f"base '{base.source}': tokenizer has {len(tokenizer)} entries but the token table has "
+            f"{embedding.num_embeddings} rows; cannot add tokens safely"
+        )
+    learned, init_rows, offset = [], [], 0
+    for cfg in tokens:
+        _check_new_name(tokenizer, cfg.name, base.source)
+        init_ids = _initializer_ids(tokenizer, cfg)
+        token = LearnedToken(cfg.name, cfg.n_vectors, offset)
+        added = tokenizer.add_tokens(token.pieces)
+        if added != len(token.pieces):
+            raise AdapterError(f"token '{cfg.name}': some of {token.pieces} already exist in the tokenizer")
+        # Vector i starts from initializer word i (cycled): '<t>' with init 'prostate mri' and
+        # 4 vectors starts as 'prostate', 'mri', 'prostate', 'mri'.
+        init_rows += [init_ids[i % len(init_ids)] for i in range(cfg.n_vectors)]
+        learned.append(token)
+        offset += cfg.n_vectors
+    with torch.no_grad():
+        init = embedding.weight[torch.tensor(init_rows)].float()  # (n_new, D)
+    table = TokenTable(embedding, init).to(embedding.weight.device)
+    encoder.set_input_embeddings(table)
+    return TokenBank(table, learned)
+
+
+def _check_new_name(tokenizer, name: str, source: str) -> None:
+    vocab = tokenizer.get_vocab()  # BPE words end in '</w>': 'chest' is stored as 'chest</w>'
+    if name in vocab or f"{name}</w>" in vocab:
+        raise AdapterError(
+            f"token '{name}' is already in the vocabulary of '{source}'; choose a new name such as '<{name.strip('<>')}>'"
+        )
+
+
+def _initializer_ids(tokenizer, cfg: TokenConfig) -> list[int]:
+    ids = tokenizer(cfg.init, add_special_tokens=False).input_ids
+    if not ids:
+        raise AdapterError(f"token '{cfg.name}': initializer {cfg.init!r} tokenizes to nothing")
+    return ids

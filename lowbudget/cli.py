@@ -1,0 +1,136 @@
+"""The ``lowbudget`` command line. The only module that imports Typer.
+
+Each command parses its options, calls one library function, and prints a short summary.
+One error boundary (:func:`main`) turns :class:`~lowbudget.errors.LowbudgetError` into a
+one-line message on stderr and exit code 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lowbudget.errors import LowbudgetError
+
+app = typer.Typer(
+    name="lowbudget",
+    help="Adapt Stable Diffusion to medical imaging on a budget: train, share and use small adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Training recipe (TOML), e.g. recipes/chest-xray/sd15-ti.toml."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: diffusers folder or .safetensors file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Folder of training images."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override optim.max_steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
+    overrides: list[str] = typer.Option([], "--set", help="Override any recipe value: --set optim.lr_ti=0.01 (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a textual-inversion embedding, a LoRA, or both, as the recipe says."""
+    from lowbudget.recipe import load_recipe, parse_override
+    from lowbudget.training import train as run_training
+
+    values = dict(parse_override(o) for o in overrides)
+    for key, value in (("model.base", base), ("data.path", data), ("output.dir", output), ("optim.max_steps", max_steps)):
+        if value is not None:
+            values[key] = value
+    loaded = load_recipe(recipe, values)
+    _quiet_libraries()
+    result = run_training(loaded, resume=resume, progress=not quiet, log=_info)
+    _info(f"trained {result.steps} steps; median {result.seconds_per_step:.3f} s/step; "
+          f"start-up {result.startup_seconds:.1f} s; final loss {result.losses[-1]:.4f}")
+    for path in result.files:
+        _info(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
+
+
+@app.command("check-recipe")
+def check_recipe(recipes: list[Path] = typer.Argument(..., help="Recipe files to validate.")) -> None:
+    """Validate recipes and print each one resolved (every default filled in)."""
+    from lowbudget.recipe import load_recipe
+
+    for path in recipes:
+        resolved = load_recipe(path)
+        typer.echo(f"# {path}: ok\n{resolved.to_toml()}")
+
+
+@app.command("make-base")
+def make_base(
+    output: Path = typer.Argument(..., help="Folder to write the diffusers model into (must not exist)."),
+    shape: str = typer.Option("tiny", "--shape", help="tiny | sd15 | sd21 (random weights, real shapes)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a random-weight Stable Diffusion folder (for tests and speed benchmarks)."""
+    from lowbudget.models.architectures import get_shape, write_base_folder
+
+    if output.exists():
+        raise LowbudgetError(f"'{output}' already exists; make-base writes a new folder only")
+    write_base_folder(output, get_shape(shape), seed=seed)
+    _info(f"wrote {shape} base with random weights to {output}")
+
+
+@app.command()
+def phantoms(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the images (created)."),
+    n: int = typer.Option(24, "-n", help="Number of images."),
+    finding: str = typer.Option("effusion", "--finding", help="effusion | none"),
+    size: int = typer.Option(64, "--size", help="Image size in pixels."),
+    fmt: str = typer.Option("png", "--format", help="png | png16 | dicom | mixed (cycles png, png16, dicom)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write synthetic chest radiograph phantoms with metadata.jsonl captions."""
+    from lowbudget.phantoms import write_chest_phantoms
+
+    paths = write_chest_phantoms(output, n=n, finding=finding, size=size, fmt=fmt, seed=seed)
+    _info(f"wrote {len(paths)} phantom images and metadata.jsonl to {output}")
+
+
+def _info(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers log loader chatter that means nothing to our users."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def main() -> None:
+    """Entry point: the one error boundary of the CLI.
+
+    Click handles its own usage errors (exit code 2); the project's errors become one line
+    on stderr and exit code 1. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        app()
+    except LowbudgetError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

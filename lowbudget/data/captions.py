@@ -1,0 +1,87 @@
+"""Captions: ``metadata.jsonl`` (Hugging Face imagefolder), a CSV, or templates.
+
+A *raw caption* belongs to an image (from metadata.jsonl or a CSV) or is ``None`` (templates).
+:func:`render_caption` turns it into the training text, with ``{token}`` replaced by the
+learned token(s). Multi-vector expansion of tokens happens later, in the adapter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+from lowbudget.errors import DataError
+from lowbudget.recipe import DataConfig
+
+METADATA_FILE = "metadata.jsonl"
+
+
+def read_metadata_jsonl(path: Path) -> dict[str, str]:
+    """``{"file_name": ..., "text": ...}`` per line -> {relative file name: caption}."""
+    captions: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            captions[_key(row["file_name"])] = str(row["text"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(
+                f"{path}:{number} is not a JSON object with 'file_name' and 'text' keys"
+            ) from None
+    return captions
+
+
+def read_caption_csv(path: Path, file_column: str, text_column: str) -> dict[str, str]:
+    if not path.is_file():
+        raise DataError(f"caption CSV '{path}' does not exist")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing = [c for c in (file_column, text_column) if c not in columns]
+        if missing:
+            raise DataError(
+                f"caption CSV '{path}' lacks column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}"
+            )
+        return {_key(row[file_column]): row[text_column] for row in reader}
+
+
+def _key(file_name: str) -> str:
+    return Path(str(file_name).replace("\\", "/")).as_posix().lstrip("./") if file_name else ""
+
+
+def resolve_caption_source(folder: Path, cfg: DataConfig) -> tuple[str, dict[str, str] | None]:
+    """Which source the recipe asks for, and its {file name: caption} map (None for templates)."""
+    source = cfg.captions
+    if source == "auto":
+        source = "metadata" if (folder / METADATA_FILE).is_file() else ("csv" if cfg.captions_csv else "templates")
+    if source == "metadata":
+        meta = folder / METADATA_FILE
+        if not meta.is_file():
+            raise DataError(f"data.captions = 'metadata' but '{meta}' does not exist")
+        return source, read_metadata_jsonl(meta)
+    if source == "csv":
+        if not cfg.captions_csv:
+            raise DataError("data.captions = 'csv' needs data.captions_csv = '<file.csv>'")
+        csv_path = Path(cfg.captions_csv).expanduser()
+        if not csv_path.is_absolute() and not csv_path.exists():
+            csv_path = folder / csv_path
+        return source, read_caption_csv(csv_path, cfg.csv_file_column, cfg.csv_text_column)
+    return "templates", None
+
+
+def caption_for(relative: str, captions: dict[str, str]) -> str | None:
+    """Look an image up by its path relative to the data folder, then by its bare name."""
+    return captions.get(relative, captions.get(Path(relative).name))
+
+
+def render_caption(raw: str | None, cfg: DataConfig, token_text: str, rng: random.Random) -> str:
+    """The training text for one image at one step.
+
+    ``raw`` None draws a template; otherwise ``cfg.caption_format`` wraps the image's caption.
+    ``{token}`` becomes ``token_text`` (the learned token names, space separated).
+    """
+    text = rng.choice(cfg.templates) if raw is None else cfg.caption_format.replace("{caption}", raw)
+    return " ".join(text.replace("{token}", token_text).split())

@@ -1,0 +1,185 @@
+"""Model shapes: Stable Diffusion 1.5 / 2.1 and a tiny model of the same architecture.
+
+A *shape* is the set of diffusers/transformers configs of the four components. From a shape
+we can (a) write a diffusers folder with random weights (the tiny embedded base, test models,
+SD-scale benchmark models), and (b) provide the configs that ``from_single_file`` needs to
+load a single-file checkpoint without contacting a hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbudget.errors import ModelError
+
+_SD_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Configs for the four components of a Stable Diffusion-style model."""
+
+    name: str
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    prediction_type: str = "epsilon"
+    pad_token: str = "<|endoftext|>"  # SD 2.x pads with "!"
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(_SD_SCHEDULER))
+
+
+def _sd_vae(sample_size: int) -> dict[str, Any]:
+    return {
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "sample_size": sample_size,
+        "scaling_factor": 0.18215,
+    }
+
+
+_SD_UNET_BLOCKS = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "layers_per_block": 2,
+    "in_channels": 4,
+    "out_channels": 4,
+}
+
+SD15 = Shape(
+    name="sd15",
+    unet={**_SD_UNET_BLOCKS, "sample_size": 64, "attention_head_dim": 8, "cross_attention_dim": 768},
+    vae=_sd_vae(512),
+    text_encoder={
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "projection_dim": 768,
+        "hidden_act": "quick_gelu",
+    },
+)
+
+SD21 = Shape(
+    name="sd21",
+    unet={
+        **_SD_UNET_BLOCKS,
+        "sample_size": 96,
+        "attention_head_dim": [5, 10, 20, 20],
+        "cross_attention_dim": 1024,
+        "use_linear_projection": True,
+        "upcast_attention": True,
+    },
+    vae=_sd_vae(768),
+    text_encoder={
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 23,
+        "projection_dim": 512,
+        "hidden_act": "gelu",
+    },
+    prediction_type="v_prediction",
+    pad_token="!",
+)
+
+# Same architecture, a few million parameters: 2 resolution levels in the U-Net, a VAE that
+# downsamples by 2. Small enough for the test suite to train it on 2 CPU cores.
+TINY = Shape(
+    name="tiny",
+    unet={
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 32,
+        "norm_num_groups": 8,
+    },
+    vae={
+        "block_out_channels": [16, 32],
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "sample_size": 32,
+    },
+    text_encoder={
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+        "hidden_act": "quick_gelu",
+    },
+)
+
+SHAPES = {s.name: s for s in (SD15, SD21, TINY)}
+
+
+def get_shape(name: str) -> Shape:
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ModelError(f"unknown model shape '{name}'; expected one of {sorted(SHAPES)}") from None
+
+
+def build_components(shape: Shape, *, seed: int = 0, text_width: int | None = None) -> dict[str, Any]:
+    """Instantiate the components of ``shape`` with random weights (deterministic in ``seed``)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lowbudget.models.tokenizer import MAX_LENGTH, VOCAB_SIZE, clip_tokenizer
+
+    te_cfg = dict(shape.text_encoder)
+    unet_cfg = dict(shape.unet)
+    if text_width is not None:  # e.g. a tiny model with SD 2.x's text width
+        te_cfg["hidden_size"] = text_width
+        unet_cfg["cross_attention_dim"] = text_width
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=MAX_LENGTH, **te_cfg)
+    )
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**shape.vae)
+    scheduler = DDIMScheduler(**shape.scheduler, prediction_type=shape.prediction_type)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(pad_token=shape.pad_token),
+        "scheduler": scheduler,
+    }
+
+
+def write_base_folder(path: str | Path, shape: Shape | str = "tiny", *, seed: int = 0, **kwargs: Any) -> Path:
+    """Write a diffusers ``StableDiffusionPipeline`` folder with random weights."""
+    from diffusers import StableDiffusionPipeline
+
+    shape = get_shape(shape) if isinstance(shape, str) else shape
+    pipe = StableDiffusionPipeline(
+        **build_components(shape, seed=seed, **kwargs),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(path))
+    return Path(path)

@@ -1,0 +1,110 @@
+"""Single-file Stable Diffusion checkpoints (``.safetensors``), loaded offline.
+
+diffusers' ``from_single_file`` normally downloads the component configs of the model it
+recognises; here the family is read from the checkpoint's tensors (text width 768 = SD 1.x,
+1024 = SD 2.x) and the configs come from :mod:`lowbudget.models.architectures`, written into a
+local folder the loader is pointed at.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lowbudget.errors import ModelError
+from lowbudget.models.base import BaseModel
+
+# Where the text width of each family lives in an original (LDM) checkpoint.
+_SD1_TOKEN_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+_SD2_TOKEN_KEY = "cond_stage_model.model.token_embedding.weight"
+_UNET_PREFIX = "model.diffusion_model."
+
+
+def detect_family(path: Path) -> str:
+    """'sd15' or 'sd21' from the tensor names and shapes, without loading the weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = set(fh.keys())
+            if not any(k.startswith(_UNET_PREFIX) for k in keys):
+                raise ModelError(
+                    f"'{path}' is not a Stable Diffusion checkpoint (no {_UNET_PREFIX}* tensors); "
+                    "expected a single-file SD 1.x or 2.x .safetensors"
+                )
+            if _SD1_TOKEN_KEY in keys:
+                return "sd15"
+            if _SD2_TOKEN_KEY in keys:
+                return "sd21"
+    except ModelError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ModelError(f"cannot read '{path}' as safetensors: {exc}") from exc
+    raise ModelError(
+        f"'{path}' holds a U-Net but no SD 1.x or SD 2.x text encoder; SDXL and other families are not supported"
+    )
+
+
+def config_folder(shape_name: str, root: Path) -> Path:
+    """Write the diffusers config folder (no weights) that ``from_single_file`` reads."""
+    from lowbudget.models.architectures import get_shape
+    from lowbudget.models.tokenizer import clip_tokenizer
+
+    shape = get_shape(shape_name)
+    folder = root / shape_name
+    if (folder / "model_index.json").is_file():
+        return folder
+    te = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": 49408,
+          "max_position_embeddings": 77, **shape.text_encoder}
+    sched = {"_class_name": "DDIMScheduler", **shape.scheduler, "prediction_type": shape.prediction_type}
+    files = {
+        "model_index.json": {
+            "_class_name": "StableDiffusionPipeline",
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        },
+        "unet/config.json": {"_class_name": "UNet2DConditionModel", **shape.unet},
+        "vae/config.json": {"_class_name": "AutoencoderKL", **shape.vae},
+        "text_encoder/config.json": te,
+        "scheduler/scheduler_config.json": sched,
+    }
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content, indent=2))
+    clip_tokenizer(pad_token=shape.pad_token).save_pretrained(str(folder / "tokenizer"))
+    return folder
+
+
+def load_single_file(path: Path) -> BaseModel:
+    from diffusers import StableDiffusionPipeline
+
+    from lowbudget.models.embedded import cache_dir
+
+    shape_name = detect_family(path)
+    config = config_folder(shape_name, cache_dir() / "configs")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config), local_files_only=True, safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load single-file checkpoint '{path}': {first}") from exc
+    scheduler_config = dict(pipe.scheduler.config)
+    return BaseModel(
+        name=path.stem,
+        source=str(path),
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        unet=pipe.unet,
+        scheduler_config=scheduler_config,
+        prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        extras={"vocab_size": pipe.text_encoder.get_input_embeddings().num_embeddings},
+    )

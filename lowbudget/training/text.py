@@ -1,0 +1,79 @@
+"""From images to the text conditioning of one step.
+
+:class:`Captioner` renders each image's caption (template draw or its own caption with the
+learned tokens expanded), checks up front that no caption would be truncated at 77 tokens,
+and tokenizes. When nothing on the text side trains (LoRA on the U-Net only), the encoder
+output of each distinct caption is computed once and reused.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from lowbudget.adapters.textual_inversion import TokenBank
+from lowbudget.data.captions import render_caption
+from lowbudget.data.dataset import ImageSet
+from lowbudget.errors import DataError
+from lowbudget.recipe import DataConfig
+
+
+class Captioner:
+    def __init__(self, images: ImageSet, cfg: DataConfig, tokenizer, bank: TokenBank | None) -> None:
+        self.raw = [im.caption for im in images.images]
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.bank = bank
+        self.token_text = " ".join(bank.names) if bank else ""
+        self._check_captions()
+
+    def text(self, index: int, rng: random.Random) -> str:
+        caption = render_caption(self.raw[index], self.cfg, self.token_text, rng)
+        return self.bank.expand(caption) if self.bank else caption
+
+    def ids(self, texts: list[str]) -> torch.Tensor:  # -> (B, 77)
+        return self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
+    def _check_captions(self) -> None:
+        """Fail before training on captions that would be truncated or never show the token."""
+        if "{token}" in " ".join(self.cfg.templates + [self.cfg.caption_format]) and not self.bank:
+            raise DataError("captions use {token} but this method learns no token; remove {token} or use ti / ti+lora")
+        candidates = set(self.cfg.templates) if None in self.raw else set()
+        candidates |= {self.cfg.caption_format.replace("{caption}", r) for r in self.raw if r is not None}
+        limit = self.tokenizer.model_max_length
+        for text in sorted(candidates):
+            full = " ".join(text.replace("{token}", self.token_text).split())
+            full = self.bank.expand(full) if self.bank else full
+            if self.bank and not any(name in full for name in self.bank.names):
+                raise DataError(
+                    f"caption {text[:60]!r} never mentions a learned token, so the token cannot learn from it; "
+                    "add {token} to data.templates / data.caption_format"
+                )
+            n = len(self.tokenizer(full).input_ids)
+            if n > limit:
+                raise DataError(
+                    f"caption {text[:60]!r} is {n} tokens with the learned vectors expanded; the limit is {limit}. "
+                    "Shorten it or use fewer vectors per token"
+                )
+
+
+class TextConditioner:
+    """Text encoder output for a batch of captions, memoised when the text side is frozen."""
+
+    def __init__(self, text_encoder, frozen: bool) -> None:
+        self.text_encoder = text_encoder
+        self.frozen = frozen
+        self._memo: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str], ids: torch.Tensor) -> torch.Tensor:  # -> (B, 77, D)
+        if not self.frozen:
+            return self.text_encoder(ids)[0]
+        missing = [i for i, t in enumerate(texts) if t not in self._memo]
+        if missing:
+            with torch.no_grad():
+                out = self.text_encoder(ids[missing])[0]
+            for j, i in enumerate(missing):
+                self._memo[texts[i]] = out[j]
+        return torch.stack([self._memo[t] for t in texts])

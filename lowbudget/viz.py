@@ -1,0 +1,76 @@
+"""Pictures for people: captioned image grids and a loss curve, drawn with Pillow only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from lowbudget.io import atomic_write
+
+
+def save_png(image: Image.Image, path: str | Path, **params) -> Path:
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", **params))
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (), pad: int = 4) -> Image.Image:
+    """Images in rows, each row optionally captioned above (a prompt, a seed, a weight)."""
+    font = ImageFont.load_default()
+    cell_w = max(im.width for row in rows for im in row)
+    cell_h = max(im.height for row in rows for im in row)
+    label_h = 14 if row_labels else 0
+    n_cols = max(len(row) for row in rows)
+    grid = Image.new("RGB", (n_cols * (cell_w + pad) + pad, len(rows) * (cell_h + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, row in enumerate(rows):
+        top = pad + r * (cell_h + label_h + pad)
+        if r < len(row_labels):
+            draw.text((pad, top), _fit(row_labels[r], grid.width // 6), fill="black", font=font)
+        for c, im in enumerate(row):
+            grid.paste(im.convert("RGB"), (pad + c * (cell_w + pad), top + label_h))
+    return grid
+
+
+def _fit(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640, 360), smooth: int = 0) -> Image.Image:
+    """A minimal line chart (raw values in grey, moving average in blue) with axis labels."""
+    w, h = size
+    left, right, top, bottom = 60, 15, 30, 35
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((left, 8), title, fill="black", font=font)
+    y = np.asarray(values, dtype=np.float64)
+    if y.size == 0:
+        return img
+    lo, hi = float(y.min()), float(y.max())
+    hi = hi if hi > lo else lo + 1.0
+
+    def to_xy(i: int, v: float) -> tuple[float, float]:
+        x = left + (w - left - right) * (i / max(1, y.size - 1))
+        return x, top + (h - top - bottom) * (1 - (v - lo) / (hi - lo))
+
+    draw.rectangle((left, top, w - right, h - bottom), outline="black")
+    for frac in (0.0, 0.5, 1.0):
+        v = lo + frac * (hi - lo)
+        _, py = to_xy(0, v)
+        draw.text((4, py - 6), f"{v:.4g}", fill="black", font=font)
+    draw.text((left, h - bottom + 6), "1", fill="black", font=font)
+    draw.text((w - right - 40, h - bottom + 6), f"{y.size}", fill="black", font=font)
+    draw.text(((w - 30) // 2, h - 16), "step", fill="black", font=font)
+    draw.line([to_xy(i, v) for i, v in enumerate(y)] if y.size > 1 else [to_xy(0, y[0])] * 2, fill=(170, 170, 170))
+    window = smooth or max(1, y.size // 20)
+    if window > 1 and y.size > window:
+        avg = np.convolve(y, np.ones(window) / window, mode="valid")
+        draw.line([to_xy(i + window - 1, v) for i, v in enumerate(avg)], fill=(30, 90, 200), width=2)
+    return img
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """(H, W) or (H, W, 3) float in [0, 1] -> 8-bit PIL image."""
+    return Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8))

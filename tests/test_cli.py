@@ -1,0 +1,104 @@
+"""The command line: each bad input gives one line, exit code 1, no traceback."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lowbudget.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["lowbudget", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, pattern):
+    import re
+
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert code == 1, err
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, mixed_folder, tmp_path):
+    recipe = ROOT / "recipes" / "phantom" / "chest-ti.toml"
+    code, _, err = run(monkeypatch, capsys, "train", recipe, "--base", tiny_base, "--data", mixed_folder,
+                       "--output", tmp_path / "o", "--max-steps", 2, "--set", "data.resolution=32",
+                       "--set", "optim.batch_size=2", "--set", "output.validation_every=0", "--quiet")
+    assert code == 0, err
+    assert "wrote" in err and (tmp_path / "o" / "effusion.safetensors").stat().st_size < 1_000_000
+    code, _, err = run(monkeypatch, capsys, "train", recipe, "--base", tiny_base, "--data", mixed_folder,
+                       "--output", tmp_path / "o", "--max-steps", 3, "--set", "data.resolution=32",
+                       "--set", "optim.batch_size=2", "--set", "output.validation_every=0", "--quiet", "--resume")
+    assert code == 0 and "resuming at step 2 of 3" in err
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["train", "nope.toml"], r"recipe 'nope.toml' does not exist"),
+    (["train", "{recipe}", "--set", "data.resoltion=3"], r"unknown key 'data.resoltion' \(did you mean 'resolution'\?\)"),
+    (["train", "{recipe}", "--set", "optim.lr_ti=-1"], r"optim.lr_ti = -1.0 must be > 0"),
+    (["train", "{recipe}", "--data", "{tmp}/missing"], r"data folder '.*missing' does not exist"),
+    (["train", "{recipe}", "--data", "{tmp}", "--set", "data.captions=auto"], r"has no usable training image \(no PNG/JPEG/TIFF"),
+    (["train", "{recipe}", "--data", "{tmp}"], r"data.captions = .metadata. but .*metadata.jsonl. does not exist"),
+    (["train", "{recipe}", "--data", "{data}", "--base", "{tmp}/nobase"], r"base model '.*nobase' does not exist"),
+    (["train", "{recipe}", "--data", "{data}", "--output", "{tmp}/o", "--resume"], r"--resume: no checkpoint at"),
+    (["train", "{recipe}", "--data", "{data}", "--set", "model.precision=fp16"], r"'fp16' needs a CUDA GPU"),
+    (["train", "{recipe}", "--data", "{data}", "--base", "{base}", "--set", "model.family=sd2"], r"expects an SD 2.x base"),
+    (["make-base", "{tmp}"], r"already exists"),
+    (["phantoms", "--output", "{tmp}/p", "--finding", "tumour"], r"--finding 'tumour' is not known"),
+])
+def test_bad_inputs_give_one_line_errors(monkeypatch, capsys, tmp_path, tiny_base, mixed_folder, args, pattern):
+    if any("fp16" in a for a in args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("fp16 is allowed on a GPU")
+    fill = {"recipe": ROOT / "recipes" / "phantom" / "chest-ti.toml", "tmp": tmp_path, "data": mixed_folder, "base": tiny_base}
+    code, _, err = run(monkeypatch, capsys, *[a.format(**fill) for a in args])
+    assert_one_line_error(code, err, pattern)
+
+
+def test_debug_flag_shows_the_traceback(monkeypatch, capsys):
+    from lowbudget.errors import RecipeError
+
+    monkeypatch.setattr(sys, "argv", ["lowbudget", "--debug", "train", "nope.toml"])
+    with pytest.raises(RecipeError):
+        main()
+
+
+def test_check_recipe_prints_the_resolved_recipe(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "check-recipe", ROOT / "recipes" / "chest-xray" / "sd15-ti.toml")
+    assert code == 0 and "n_vectors = 64" in out and "lr_lora = 0.0001" in out
+
+
+def test_usage_errors_keep_clicks_exit_code(monkeypatch, capsys):
+    code, _, err = run(monkeypatch, capsys, "train")
+    assert code == 2 and "Missing argument" in err
+
+
+def test_readme_sd15_command_on_an_sd1_shaped_tiny_base(monkeypatch, capsys, tmp_path, mixed_folder):
+    """The README's `lowbudget train recipes/chest-xray/sd15-ti-lora.toml --base ... --data ...`,
+    on a tiny model with SD 1.x's text width (768), in the recipe's own bf16 precision,
+    with the paper's 64 vectors, shortened to 2 steps at 32 px."""
+    from lowbudget.models.architectures import write_base_folder
+
+    base = write_base_folder(tmp_path / "sd1-shaped", "tiny", text_width=768)
+    code, _, err = run(monkeypatch, capsys, "train", ROOT / "recipes" / "chest-xray" / "sd15-ti-lora.toml",
+                       "--base", base, "--data", mixed_folder, "--output", tmp_path / "o", "--max-steps", 2,
+                       "--set", "data.resolution=32", "--set", "output.validation_every=0", "--quiet")
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    emb = load_file(tmp_path / "o" / "chest-xray.safetensors")["<chest-xray>"]
+    assert emb.shape == (64, 768) and emb.dtype.is_floating_point
+    assert (tmp_path / "o" / "pytorch_lora_weights.safetensors").is_file()

@@ -1,0 +1,88 @@
+"""Base models from local paths only, with one-line errors for every wrong path."""
+
+import json
+
+import pytest
+import torch
+
+from lowbudget.errors import ModelError
+from lowbudget.models import load_base
+from lowbudget.models.architectures import write_base_folder
+from lowbudget.models.single_file import config_folder, detect_family
+
+
+def test_folder_loads_with_fingerprint_and_family(tiny_base):
+    base = load_base(tiny_base)
+    assert base.text_width == 32 and base.family == "custom" and base.prediction_type == "epsilon"
+    assert len(base.fingerprint) == 64 and base.fingerprint == load_base(tiny_base).fingerprint
+    assert base.vae_scale_factor == 2
+
+
+def test_sd_widths_name_their_family(tmp_path):
+    sd2_like = write_base_folder(tmp_path / "w1024", "tiny", text_width=1024)
+    base = load_base(sd2_like)
+    assert base.family == "sd2"
+    with pytest.raises(ModelError, match=r"expects an SD 1.x base \(text width 768\) but .* has text width 1024 \(SD 2.x\)"):
+        load_base(sd2_like, expected_family="sd1")
+
+
+def test_missing_and_wrong_paths_say_what_was_expected(tmp_path, tiny_base):
+    with pytest.raises(ModelError, match="does not exist; expected a diffusers folder"):
+        load_base(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no model_index.json"):
+        load_base(tmp_path / "empty")
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ModelError, match="pickled checkpoint, which lowbudget does not load"):
+        load_base(tmp_path / "model.ckpt")
+    (tmp_path / "x.gguf").write_bytes(b"x")
+    with pytest.raises(ModelError, match="neither a diffusers folder nor a .safetensors"):
+        load_base(tmp_path / "x.gguf")
+
+
+def test_folder_missing_a_component_is_named(tmp_path):
+    folder = write_base_folder(tmp_path / "b", "tiny")
+    import shutil
+
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(ModelError, match="lacks the subfolder\\(s\\) vae"):
+        load_base(folder)
+
+
+def test_prediction_type_override(tiny_base):
+    assert load_base(tiny_base, prediction_type="v_prediction").prediction_type == "v_prediction"
+
+
+def test_single_file_family_detection_and_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    sd1 = tmp_path / "sd1.safetensors"
+    save_file({"model.diffusion_model.out.0.weight": torch.zeros(1),
+               "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(2, 768)}, sd1)
+    assert detect_family(sd1) == "sd15"
+    sd2 = tmp_path / "sd2.safetensors"
+    save_file({"model.diffusion_model.out.0.weight": torch.zeros(1),
+               "cond_stage_model.model.token_embedding.weight": torch.zeros(2, 1024)}, sd2)
+    assert detect_family(sd2) == "sd21"
+    lora = tmp_path / "lora.safetensors"
+    save_file({"unet.x.lora_A.weight": torch.zeros(1)}, lora)
+    with pytest.raises(ModelError, match="is not a Stable Diffusion checkpoint"):
+        load_base(lora)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelError, match="cannot read .* as safetensors"):
+        load_base(junk)
+
+
+@pytest.mark.parametrize("shape,width,prediction", [("sd15", 768, "epsilon"), ("sd21", 1024, "v_prediction")])
+def test_single_file_config_folders_are_complete_offline(tmp_path, shape, width, prediction):
+    folder = config_folder(shape, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    te = json.loads((folder / "text_encoder" / "config.json").read_text())
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert te["hidden_size"] == width and sched["prediction_type"] == prediction
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

@@ -1,0 +1,162 @@
+"""The training loop on the tiny base: what changes, what is saved, resume, guards."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowbudget.adapters.files import read_header
+from lowbudget.errors import DataError, TrainingError
+from lowbudget.models import load_base
+from lowbudget.recipe import TokenConfig
+from lowbudget.training import checkpoint, train
+from lowbudget.training.loop import _masked_mse
+
+from conftest import tiny_recipe
+
+quiet = dict(progress=False, log=lambda m: None)
+
+
+def test_textual_inversion_changes_only_the_new_rows(tiny_base, mixed_folder, tmp_path):
+    recipe = tiny_recipe(mixed_folder, tmp_path / "out", tiny_base, "ti", steps=3)
+    result = train(recipe, **quiet)
+    original = load_base(tiny_base).text_encoder.get_input_embeddings().weight
+    state = checkpoint.load_checkpoint(tmp_path / "out")
+    # the optimizer never saw the vocabulary: one parameter, the (3, 32) new rows
+    assert list(state["trainable"]) == ["tokens"]
+    assert [s["exp_avg"].shape for s in state["optimizer"]["state"].values()] == [torch.Size([3, 32])]
+    learned = load_file(tmp_path / "out" / "effusion.safetensors")["<effusion>"]
+    init_ids = load_base(tiny_base).tokenizer("fluid lung", add_special_tokens=False).input_ids
+    init = original[[init_ids[i % len(init_ids)] for i in range(3)]]
+    assert learned.shape == (3, 32) and not torch.equal(learned, init)
+    assert len(result.losses) == 3 and (tmp_path / "out" / "loss.png").is_file()
+    header = read_header(tmp_path / "out" / "effusion.safetensors")
+    assert header["n_images"] == "8" and header["init"] == "fluid lung" and str(mixed_folder) not in header["recipe"]
+
+
+def test_base_vocabulary_is_bit_for_bit_unchanged_after_training(tiny_base, mixed_folder, tmp_path, monkeypatch):
+    """Train with the base loaded once, then compare its token table with a fresh load."""
+    import lowbudget.training.loop as loop
+
+    loaded = {}
+
+    def keep(*args, **kwargs):
+        loaded["base"] = load_base(*args, **kwargs)
+        return loaded["base"]
+
+    monkeypatch.setattr(loop, "load_base", keep)
+    train(tiny_recipe(mixed_folder, tmp_path / "out", tiny_base, "ti", steps=3), **quiet)
+    trained_table = loaded["base"].text_encoder.get_input_embeddings().base.weight
+    assert torch.equal(trained_table, load_base(tiny_base).text_encoder.get_input_embeddings().weight)
+
+
+@pytest.mark.parametrize("kind", ["ti", "lora", "ti+lora"])
+def test_killed_and_resumed_run_ends_like_an_unbroken_one(kind, tiny_base, mixed_folder, tmp_path, monkeypatch):
+    unbroken = tiny_recipe(mixed_folder, tmp_path / "a", tiny_base, kind, steps=4)
+    train(unbroken, **quiet)
+
+    import lowbudget.training.loop as loop
+
+    real_save = checkpoint.save_checkpoint
+
+    def save_then_die(out, **kw):
+        real_save(out, **kw)
+        raise KeyboardInterrupt  # the process is killed right after the step-2 checkpoint
+
+    broken = tiny_recipe(mixed_folder, tmp_path / "b", tiny_base, kind, steps=4)
+    monkeypatch.setattr(loop.checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(broken, **quiet)
+    monkeypatch.setattr(loop.checkpoint, "save_checkpoint", real_save)
+    assert checkpoint.load_checkpoint(tmp_path / "b")["step"] == 2
+    with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
+        train(broken, **quiet)
+    train(broken, resume=True, **quiet)
+
+    a = checkpoint.load_checkpoint(tmp_path / "a")
+    b = checkpoint.load_checkpoint(tmp_path / "b")
+    assert a["step"] == b["step"] == 4
+    for name, tensor in a["trainable"].items():
+        torch.testing.assert_close(b["trainable"][name], tensor, rtol=1e-5, atol=1e-6)
+    assert b["losses"] == pytest.approx(a["losses"], rel=1e-5)
+
+
+def test_pivotal_tuning_freezes_tokens_after_their_fraction(tiny_base, mixed_folder, tmp_path, monkeypatch):
+    import lowbudget.training.loop as loop
+
+    snapshots = []
+    real_save = checkpoint.save_checkpoint
+    monkeypatch.setattr(loop.checkpoint, "save_checkpoint",
+                        lambda out, **kw: (snapshots.append({k: v.detach().clone() for k, v in kw["trainable"].items()}), real_save(out, **kw))[1])
+    recipe = tiny_recipe(mixed_folder, tmp_path / "o", tiny_base, "ti+lora", steps=4)
+    recipe.method.ti_fraction = 0.5  # tokens train in steps 1-2, LoRA in 1-4
+    train(recipe, **quiet)
+    at2, at4 = snapshots[0], snapshots[-1]
+    assert torch.equal(at2["tokens"], at4["tokens"])
+    assert any(not torch.equal(at2[k], at4[k]) for k in at2 if k != "tokens")
+
+
+def test_outputs_load_in_plain_diffusers_with_identical_tensors(tiny_base, mixed_folder, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    recipe = tiny_recipe(mixed_folder, tmp_path / "o", tiny_base, "ti+lora", steps=2)
+    recipe.method.lora.text_encoder = True
+    recipe.method.lora.alpha = 8.0  # alpha != rank must survive the trip (diffusers reads it from the header)
+    train(recipe, **quiet)
+    saved = load_file(tmp_path / "o" / "pytorch_lora_weights.safetensors")
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, local_files_only=True)
+    pipe.load_textual_inversion(tmp_path / "o" / "effusion.safetensors")
+    pipe.load_lora_weights(tmp_path / "o")
+
+    emb = load_file(tmp_path / "o" / "effusion.safetensors")["<effusion>"]
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<effusion>", "<effusion>_1", "<effusion>_2"])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], emb)
+    adapter = pipe.unet.active_adapters()[0]
+    unet_sd = get_peft_model_state_dict(pipe.unet, adapter_name=adapter)
+    te_sd = get_peft_model_state_dict(pipe.text_encoder, adapter_name=adapter)
+    for key, tensor in saved.items():
+        prefix, rest = key.split(".", 1)
+        assert torch.equal((unet_sd if prefix == "unet" else te_sd)[rest], tensor), key
+    assert any(k.startswith("text_encoder.") for k in saved)
+    assert pipe.unet.peft_config[adapter].lora_alpha == 8.0
+
+
+def test_validation_grids_and_v_prediction_base(tmp_path, mixed_folder):
+    from lowbudget.models.architectures import TINY, write_base_folder
+
+    vbase = write_base_folder(tmp_path / "vbase", dataclasses.replace(TINY, prediction_type="v_prediction"))
+    assert load_base(vbase).prediction_type == "v_prediction"  # read from the scheduler config
+    recipe = tiny_recipe(mixed_folder, tmp_path / "o", vbase, "ti", steps=2)
+    recipe.output.validation_every = 1
+    recipe.output.validation_prompts = ["a chest x-ray", "a chest x-ray with {token}"]
+    recipe.output.validation_seeds = [0, 1]
+    recipe.output.validation_inference_steps = 2
+    train(recipe, **quiet)
+    grids = sorted(p.name for p in (tmp_path / "o" / "samples").iterdir())
+    assert grids == ["step-000001.png", "step-000002.png"]
+
+
+def test_non_finite_weights_stop_training_without_writing_an_adapter(tiny_base, mixed_folder, tmp_path):
+    recipe = tiny_recipe(mixed_folder, tmp_path / "o", tiny_base, "ti", steps=3)
+    recipe.optim.lr_ti, recipe.optim.max_grad_norm = 1e30, 0.0  # vectors explode, the encoder overflows
+    with pytest.raises(TrainingError, match="non-finite|loss became"):
+        train(recipe, **quiet)
+    assert not (tmp_path / "o" / "effusion.safetensors").exists()
+
+
+def test_captions_that_would_be_truncated_fail_before_training(tiny_base, mixed_folder, tmp_path):
+    recipe = tiny_recipe(mixed_folder, tmp_path / "o", tiny_base, "ti", steps=1)
+    recipe.method.tokens = [TokenConfig(name="<big>", init="lung", n_vectors=75)]
+    with pytest.raises(DataError, match="the limit is 77"):
+        train(recipe, **quiet)
+
+
+def test_masked_loss_ignores_pixels_outside_the_mask():
+    pred, target = torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4)
+    pred[..., :, 2:] = 5.0  # wrong only in the right half
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :, :2] = 1.0
+    assert _masked_mse(pred, target, mask).item() == 0.0
+    assert _masked_mse(pred, target, 1 - mask).item() == pytest.approx(25.0)
