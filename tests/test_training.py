@@ -160,3 +160,39 @@ def test_masked_loss_ignores_pixels_outside_the_mask():
     mask[..., :, :2] = 1.0
     assert _masked_mse(pred, target, mask).item() == 0.0
     assert _masked_mse(pred, target, 1 - mask).item() == pytest.approx(25.0)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_base, mixed_folder, tmp_path):
+    """Recomputing activations in backward must not change what is learned."""
+    runs = {}
+    for gc in (False, True):
+        recipe = tiny_recipe(mixed_folder, tmp_path / f"gc{gc}", tiny_base, "ti+lora", steps=2)
+        recipe.model.gradient_checkpointing = gc
+        train(recipe, **quiet)
+        runs[gc] = checkpoint.load_checkpoint(tmp_path / f"gc{gc}")["trainable"]
+    for name in runs[False]:
+        torch.testing.assert_close(runs[True][name], runs[False][name], rtol=1e-4, atol=1e-6)
+
+
+def test_accumulation_schedule_and_several_tokens(tiny_base, mixed_folder, tmp_path):
+    recipe = tiny_recipe(mixed_folder, tmp_path / "o", tiny_base, "ti", steps=4, grad_accum=2,
+                         warmup_steps=2, schedule="cosine")
+    recipe.method.tokens = [TokenConfig(name="<left>", init="left", n_vectors=2),
+                            TokenConfig(name="<right>", init="right", n_vectors=3)]
+    recipe.data.templates = ["a chest x-ray with {token}", "<left> only", "<right> only"]
+    train(recipe, **quiet)
+    left = load_file(tmp_path / "o" / "left.safetensors")["<left>"]
+    right = load_file(tmp_path / "o" / "right.safetensors")["<right>"]
+    assert left.shape == (2, 32) and right.shape == (3, 32)
+
+
+def test_learning_rate_warmup_and_decay():
+    from lowbudget.recipe import OptimConfig
+    from lowbudget.training.loop import _lr_factor
+
+    cfg = OptimConfig(max_steps=10, warmup_steps=2, schedule="linear")
+    factors = [_lr_factor(s, cfg) for s in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(1 / 8)
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
+    cos = OptimConfig(max_steps=10, schedule="cosine")
+    assert _lr_factor(0, cos) == 1.0 and _lr_factor(5, cos) == pytest.approx(0.5)

@@ -58,16 +58,9 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
         f"{len(images.skipped)} skipped)")
 
     # --- base model and adapters
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
     if recipe.model.precision == "fp16" and not torch.cuda.is_available():
         raise TrainingError("model.precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on a CPU")
-    accelerator = Accelerator(
-        mixed_precision={"fp32": "no"}.get(recipe.model.precision, recipe.model.precision),
-        # pivotal tuning stops the token gradients midway; DDP must tolerate unused parameters
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=method.kind == "ti+lora")],
-    )
+    accelerator = _accelerator(recipe.model.precision, pivotal=method.kind == "ti+lora")
     device, weight_dtype = accelerator.device, _DTYPES[recipe.model.precision]
     base = load_base(recipe.model.base, prediction_type=recipe.model.prediction_type,
                      expected_family=recipe.model.family)
@@ -204,6 +197,22 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _accelerator(precision: str, *, pivotal: bool):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # accelerate keeps the precision in a process-wide singleton, so a second run in one
+    # process (a notebook, the test suite) could not change it. Reset that part only; the
+    # distributed state of an `accelerate launch` (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(
+        mixed_precision="no" if precision == "fp32" else precision,
+        # pivotal tuning stops the token gradients midway; DDP must tolerate unused parameters
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=pivotal)],
+    )
 
 
 def _check_output_dir(out: Path, resume: bool) -> None:
