@@ -14,4 +14,17 @@ __version__ = "0.1.0"
 
 from lowbudget.errors import LowbudgetError
 
-__all__ = ["LowbudgetError", "__version__"]
+
+
+def load_adapter(pipe, path, **kwargs):
+    """Load a lowbudget / A1111 / kohya / SDXL embedding or a LoRA into a diffusers pipeline.
+
+    See :func:`lowbudget.adapters.load.load_adapter`; imported lazily so that
+    ``import lowbudget`` stays cheap.
+    """
+    from lowbudget.adapters.load import load_adapter as _load_adapter
+
+    return _load_adapter(pipe, path, **kwargs)
+
+
+__all__ = ["LowbudgetError", "__version__", "load_adapter"]

@@ -24,6 +24,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+library_app = typer.Typer(help="The shared adapter library (embeddings/ and its index.json).", no_args_is_help=True)
+app.add_typer(library_app, name="library")
+
 _state = {"debug": False}
 
 
@@ -58,6 +61,50 @@ def train(
           f"start-up {result.startup_seconds:.1f} s; final loss {result.losses[-1]:.4f}")
     for path in result.files:
         _info(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
+
+
+@app.command()
+def inspect(
+    files: list[Path] = typer.Argument(..., help="Adapter files: embeddings (any layout) or LoRA .safetensors."),
+    base: Optional[str] = typer.Option(None, "--base", help="Also check whether each file fits this base model."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Show an adapter file's metadata, shapes, norms, size and sha256 (and fit to a base)."""
+    from lowbudget.adapters.inspect import describe, format_report, to_json
+
+    loaded = None
+    if base is not None:
+        from lowbudget.models import load_base
+
+        _quiet_libraries()
+        loaded = load_base(base)
+    reports = [describe(path, loaded) for path in files]
+    typer.echo(to_json(reports) if as_json else "\n\n".join(format_report(r) for r in reports))
+    if any(not r.get("fits_base", {"ok": True})["ok"] for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    file: Path = typer.Argument(..., help="Embedding file in any layout (diffusers, A1111 .pt, kohya, SDXL)."),
+    to: str = typer.Option(..., "--to", help="diffusers | a1111 | kohya | comfyui"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: beside FILE)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Token name to store (default: the file's own)."),
+    width: Optional[int] = typer.Option(None, "--width", help="SDXL files: keep the part of this width (768 or 1280)."),
+) -> None:
+    """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI."""
+    from lowbudget.adapters.formats import default_output, read_embedding, write_embedding
+
+    emb = read_embedding(file, token)
+    if width is not None:
+        emb.parts = {emb.token: emb.vectors(width)}
+    target = output or default_output(emb, to)
+    if target.exists():
+        raise LowbudgetError(f"'{target}' already exists; choose another --output")
+    write_embedding(emb, to, target)
+    _info(f"wrote {target} ({to} layout, token {emb.token})")
+    if to == "comfyui":
+        _info(f"in ComfyUI: copy it to models/embeddings/ and write embedding:{target.name.split('.')[0]} in a prompt")
 
 
 @app.command("check-recipe")
@@ -99,6 +146,34 @@ def phantoms(
 
     paths = write_chest_phantoms(output, n=n, finding=finding, size=size, fmt=fmt, seed=seed)
     _info(f"wrote {len(paths)} phantom images and metadata.jsonl to {output}")
+
+
+@library_app.command("add")
+def library_add(
+    file: Path = typer.Argument(..., help="Embedding file to add."),
+    library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
+    base: str = typer.Option("embedded", "--base", help="The base it was trained on ('embedded' or a model name/path)."),
+    description: str = typer.Option("", "--description", help="One line (default: the file's own)."),
+) -> None:
+    """Copy an embedding into the library and add it to index.json."""
+    from lowbudget.library import add_to_library
+
+    entry = add_to_library(library, file, base=base, description=description)
+    _info(f"added {entry.file} ({entry.token}, {entry.n_vectors} vectors, sha256 {entry.sha256[:12]})")
+
+
+@library_app.command("verify")
+def library_verify(library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder.")) -> None:
+    """Check every checksum in index.json and that every file loads on its base."""
+    from lowbudget.library import read_index, verify_library
+
+    _quiet_libraries()
+    problems = verify_library(library)
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise LowbudgetError(f"{len(problems)} problem(s) in the library '{library}'")
+    _info(f"{len(read_index(library))} entries in '{library}': all checksums match and all files load")
 
 
 def _info(message: str) -> None:

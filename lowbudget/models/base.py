@@ -33,6 +33,18 @@ def describe_width(width: int) -> str:
     return f"{width} ({known[width]})" if width in known else str(width)
 
 
+def token_table_fingerprint(text_encoder, rows: int) -> str:
+    """sha256 of the first ``rows`` rows of the token-embedding matrix and of their shape.
+
+    Two checkpoints with the same fingerprint share a vocabulary space, so an embedding
+    trained on one means the same on the other. Rows added for learned tokens are excluded.
+    """
+    table = text_encoder.get_input_embeddings().weight.detach()[:rows]
+    digest = hashlib.sha256(str(tuple(table.shape)).encode())
+    digest.update(table.float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class BaseModel:
     """The frozen parts of Stable Diffusion that adapters attach to."""
@@ -66,15 +78,8 @@ class BaseModel:
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 of the base token-embedding matrix and its shape.
-
-        Two checkpoints with the same fingerprint share a vocabulary space, so an embedding
-        trained on one means the same on the other.
-        """
-        table = self.text_encoder.get_input_embeddings().weight.detach()[: self.vocab_size]
-        digest = hashlib.sha256(str(tuple(table.shape)).encode())
-        digest.update(table.float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        """See :func:`token_table_fingerprint`; computed on the untouched vocabulary."""
+        return token_table_fingerprint(self.text_encoder, self.vocab_size)
 
     def noise_scheduler(self):
         """The DDPM schedule the base was trained with, for the training loss."""

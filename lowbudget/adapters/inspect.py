@@ -1,0 +1,109 @@
+"""``lowbudget inspect``: what an adapter file is, before anyone loads it.
+
+For every file: layout, size, sha256 and header metadata; for embeddings the token, shape,
+dtype and per-vector norms; for LoRA files the tensor count, parameters, ranks and targets.
+With a base model: whether the file fits it (width, fingerprint, token clash).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
+from lowbudget.adapters.formats import read_embedding
+from lowbudget.adapters.load import is_lora_file
+from lowbudget.errors import AdapterError
+from lowbudget.io import sha256_file
+
+_SHOWN_METADATA = ("lowbudget_format", "base_model", "base_fingerprint", "init", "modality", "n_images", "steps",
+                   "lowbudget_version", "created", "description", "license")
+
+
+def describe(path: str | Path, base: Any = None) -> dict[str, Any]:
+    """A JSON-serialisable report on one file; ``base`` is a BaseModel or None."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"'{path}' does not exist or is not a file")
+    report: dict[str, Any] = {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    if is_lora_file(path):
+        report |= _describe_lora(path, base)
+    else:
+        report |= _describe_embedding(path, base)
+    return report
+
+
+def _describe_embedding(path: Path, base: Any) -> dict[str, Any]:
+    emb = read_embedding(path)
+    parts = {
+        name: {
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).replace("torch.", ""),
+            "norms": [round(float(v), 4) for v in t.float().norm(dim=-1)],
+        }
+        for name, t in emb.parts.items()
+    }
+    report = {"kind": "embedding", "layout": emb.layout, "token": emb.token, "parts": parts,
+              "metadata": {k: emb.metadata[k] for k in _SHOWN_METADATA if emb.metadata.get(k)}}
+    if base is not None:
+        try:
+            _, warnings = check_embedding(emb, base.tokenizer, base.text_encoder, base_name=base.source)
+            report["fits_base"] = {"ok": True, "warnings": warnings}
+        except AdapterError as exc:
+            report["fits_base"] = {"ok": False, "reason": str(exc)}
+    return report
+
+
+def _describe_lora(path: Path, base: Any) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        metadata = dict(fh.metadata() or {})
+    ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if "lora_A" in k or "lora_down" in k})
+    targets = sorted({k.split(".lora")[0].split(".")[-1] for k in tensors if ".lora" in k})
+    report = {
+        "kind": "lora",
+        "layout": "diffusers" if any(k.startswith("unet.") for k in tensors) else "other",
+        "tensors": len(tensors),
+        "parameters": sum(t.numel() for t in tensors.values()),
+        "ranks": ranks,
+        "targets": targets,
+        "text_encoder": any(k.startswith("text_encoder.") for k in tensors),
+        "metadata": {k: metadata[k] for k in _SHOWN_METADATA if metadata.get(k)},
+    }
+    if base is not None:
+        try:
+            check_lora(tensors, base.unet, path=str(path), base_name=base.source)
+            warnings = fingerprint_warnings(metadata, base.tokenizer, base.text_encoder, base.source, str(path))
+            report["fits_base"] = {"ok": True, "warnings": warnings}
+        except AdapterError as exc:
+            report["fits_base"] = {"ok": False, "reason": str(exc)}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable lines for one report."""
+    lines = [report["path"], f"  kind              {report['kind']} ({report['layout']} layout)",
+             f"  size              {report['bytes']:,} bytes", f"  sha256            {report['sha256']}"]
+    if report["kind"] == "embedding":
+        lines.append(f"  token             {report['token']}")
+        for name, part in report["parts"].items():
+            norms = part["norms"]
+            lines.append(f"  {name:<17} {part['shape'][0]} x {part['shape'][1]} {part['dtype']}; vector norms "
+                         f"min {min(norms):.3g} mean {sum(norms) / len(norms):.3g} max {max(norms):.3g}")
+    else:
+        lines.append(f"  tensors           {report['tensors']} ({report['parameters']:,} parameters), rank {report['ranks']}")
+        lines.append(f"  targets           {', '.join(report['targets'])}" + ("; text encoder too" if report["text_encoder"] else ""))
+    for key, value in report["metadata"].items():
+        lines.append(f"  {key:<17} {value}")
+    if "fits_base" in report:
+        fit = report["fits_base"]
+        lines.append("  fits base         " + ("yes" if fit["ok"] else f"NO: {fit['reason']}"))
+        lines += [f"  warning           {w}" for w in fit.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def to_json(reports: list[dict[str, Any]]) -> str:
+    return json.dumps(reports, indent=2)

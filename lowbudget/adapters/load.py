@@ -1,0 +1,66 @@
+"""One call to put a lowbudget (or A1111 / kohya / SDXL) adapter into a diffusers pipeline.
+
+    import lowbudget
+    lowbudget.load_adapter(pipe, "effusion.safetensors")        # an embedding, any layout
+    lowbudget.load_adapter(pipe, "runs/cxr")                    # a LoRA folder or file
+
+Compared with calling ``pipe.load_textual_inversion`` / ``pipe.load_lora_weights`` directly,
+the file is read safely whatever its layout, and a width mismatch, a foreign base or a token
+clash is explained in one line (see :mod:`lowbudget.adapters.compat`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
+from lowbudget.adapters.files import LORA_WEIGHT_NAME
+from lowbudget.adapters.formats import read_embedding
+from lowbudget.errors import AdapterError
+
+
+def is_lora_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return any(".lora" in k or k.startswith(("lora_unet", "lora_te")) for k in fh.keys())
+    except Exception:
+        return False
+
+
+def load_adapter(pipe: Any, path: str | Path, *, token: str | None = None,
+                 warn: Callable[[str], None] = lambda m: warnings.warn(m, stacklevel=3)) -> str:
+    """Load an embedding or a LoRA into ``pipe``; return the token or the LoRA adapter name."""
+    path = Path(path)
+    base_name = str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or "this pipeline")
+    if path.is_dir():
+        if not (path / LORA_WEIGHT_NAME).is_file():
+            raise AdapterError(f"folder '{path}' has no {LORA_WEIGHT_NAME}; give the adapter file itself")
+        path = path / LORA_WEIGHT_NAME
+    if is_lora_file(path):
+        return _load_lora(pipe, path, base_name, warn)
+    emb = read_embedding(path, token)
+    vectors, messages = check_embedding(emb, pipe.tokenizer, pipe.text_encoder, base_name=base_name)
+    for message in messages:
+        warn(message)
+    pipe.load_textual_inversion({emb.token: vectors}, token=emb.token)
+    return emb.token
+
+
+def _load_lora(pipe: Any, path: Path, base_name: str, warn: Callable[[str], None]) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        metadata = dict(fh.metadata() or {})
+    check_lora(tensors, pipe.unet, path=str(path), base_name=base_name)
+    for message in fingerprint_warnings(metadata, pipe.tokenizer, pipe.text_encoder, base_name, str(path)):
+        warn(message)
+    name = path.parent.name if path.name == LORA_WEIGHT_NAME else path.stem
+    pipe.load_lora_weights(str(path), adapter_name=name)
+    return name
