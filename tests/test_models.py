@@ -86,3 +86,23 @@ def test_single_file_config_folders_are_complete_offline(tmp_path, shape, width,
 
     tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_single_file_checkpoint_loads_like_its_folder(tmp_path, tiny_base, monkeypatch):
+    """An original-layout (LDM) single file, written from the tiny folder, loads offline
+    through diffusers' from_single_file with identical weights."""
+    import lowbudget.models.single_file as single_file
+    from ldm import write_ldm_checkpoint
+
+    path = tmp_path / "tiny-sd1.safetensors"
+    write_ldm_checkpoint(tiny_base, path, layers_per_block=1, unet_levels=2, vae_levels=2)
+    assert single_file.detect_family(path) == "sd15"  # recognised by its SD 1.x text encoder keys
+    monkeypatch.setattr(single_file, "detect_family", lambda p: "tiny")  # tiny configs, not SD 1.5's sizes
+    single, folder = load_base(path), load_base(tiny_base)
+    assert single.name == "tiny-sd1" and single.prediction_type == "epsilon"
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(single, part).state_dict(), getattr(folder, part).state_dict()
+        assert set(a) == set(b), part
+        for key in a:
+            assert torch.equal(a[key].reshape(b[key].shape), b[key]), f"{part}.{key}"
+    assert single.fingerprint == folder.fingerprint
