@@ -71,6 +71,65 @@ def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640
     return img
 
 
+def bar_chart(labels: Sequence[str], values: Sequence[float], errors: Sequence[float] | None = None,
+              title: str = "", size: tuple[int, int] = (640, 360)) -> Image.Image:
+    """Vertical bars with optional +- error whiskers and the value printed above each bar."""
+    w, h = size
+    left, bottom, top = 50, 40, 40
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((left, 8), title, fill="black", font=font)
+    errs = list(errors) if errors is not None else [0.0] * len(values)
+    hi = max([v + e for v, e in zip(values, errs)] + [1e-12]) * 1.15
+    slot = (w - left - 20) / max(1, len(values))
+    base_y = h - bottom
+    draw.line((left, base_y, w - 20, base_y), fill="black")
+    for i, (label, v, e) in enumerate(zip(labels, values, errs)):
+        x0, x1 = left + i * slot + slot * 0.2, left + (i + 1) * slot - slot * 0.2
+        y = base_y - (h - top - bottom) * max(v, 0) / hi
+        draw.rectangle((x0, y, x1, base_y), fill=(30, 90, 200))
+        if e:
+            ye0, ye1 = base_y - (h - top - bottom) * (v - e) / hi, base_y - (h - top - bottom) * (v + e) / hi
+            xm = (x0 + x1) / 2
+            draw.line((xm, ye0, xm, ye1), fill="black", width=2)
+        draw.text((x0, y - 14), f"{v:.4g}" + (f" ± {e:.2g}" if e else ""), fill="black", font=font)
+        draw.text((x0, base_y + 6), _fit(label, int(slot // 6)), fill="black", font=font)
+    return img
+
+
+def histogram_chart(series: dict[str, Sequence[float]], title: str = "", bins: int = 30,
+                    size: tuple[int, int] = (640, 360), marker: float | None = None) -> Image.Image:
+    """Overlaid histograms (as outlines, one colour per series), normalised to the same height."""
+    w, h = size
+    left, right, top, bottom = 50, 20, 40, 40
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((left, 8), title, fill="black", font=font)
+    everything = np.concatenate([np.asarray(v, dtype=np.float64) for v in series.values()])
+    lo, hi = float(everything.min()), float(everything.max())
+    hi = hi if hi > lo else lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    colours = [(30, 90, 200), (220, 90, 30), (40, 160, 60)]
+    to_x = lambda v: left + (w - left - right) * (v - lo) / (hi - lo)  # noqa: E731
+    for k, (name, values) in enumerate(series.items()):
+        counts, _ = np.histogram(np.asarray(values, dtype=np.float64), edges)
+        peak = max(1, counts.max())
+        points = []
+        for i, c in enumerate(counts):
+            y = h - bottom - (h - top - bottom) * c / peak
+            points += [(to_x(edges[i]), y), (to_x(edges[i + 1]), y)]
+        draw.line(points, fill=colours[k % 3], width=2)
+        draw.text((w - 220, 22 + 12 * k), name, fill=colours[k % 3], font=font)
+    if marker is not None:
+        draw.line((to_x(marker), top, to_x(marker), h - bottom), fill="red")
+    draw.line((left, h - bottom, w - right, h - bottom), fill="black")
+    draw.text((left, h - bottom + 6), f"{lo:.3g}", fill="black", font=font)
+    draw.text((w - right - 40, h - bottom + 6), f"{hi:.3g}", fill="black", font=font)
+    return img
+
+
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """(H, W) or (H, W, 3) float in [0, 1] -> 8-bit PIL image."""
     return Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8))

@@ -16,6 +16,7 @@ from test_cli import run
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 SHORT_TRAINING = ["--max-steps", "1", "--set", "data.resolution=32", "--set", "output.validation_every=0", "--quiet"]
+SHORT_CLASSIFIER = ["--steps", "3", "--size", "32", "--width", "8", "--seeds", "0"]  # the last flag given wins
 
 
 def blocks(lang: str) -> list[str]:
@@ -33,19 +34,30 @@ def readme_commands() -> list[str]:
 
 @pytest.fixture
 def user_site(tmp_path, monkeypatch, mixed_folder):
+    """What a user has: an SD 1.x-shaped model, images, class folders, a feature extractor."""
+    import torch
+
     from lowbudget.models.architectures import write_base_folder
+    from lowbudget.phantoms import write_chest_phantoms
 
     base = write_base_folder(tmp_path / "sd15-shaped", "tiny", text_width=768)
+    for name, seed in (("cxr-by-class", 1), ("synthetic-by-class", 2)):
+        for k, finding in enumerate(("effusion", "none")):
+            write_chest_phantoms(tmp_path / name / finding, n=6, finding=finding, size=48, seed=seed + 10 * k)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 9, 8), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    torch.jit.trace(net.eval(), torch.rand(1, 3, 64, 64)).save(str(tmp_path / "extractor.pt"))
     work = tmp_path / "work"
     work.mkdir()
     (work / "recipes").symlink_to(ROOT / "recipes")
     monkeypatch.chdir(work)
-    return {"/models/sd15": str(base), "/data/cxr": str(mixed_folder)}
+    return {"/models/sd15": str(base), "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
+            "/data/cxr-by-class": str(tmp_path / "cxr-by-class"), "/data/synthetic-by-class": str(tmp_path / "synthetic-by-class")}
 
 
 def test_readme_has_the_commands_we_promise():
     commands = " ".join(readme_commands())
-    for verb in ("train", "inspect", "convert", "check-recipe", "phantoms", "make-base", "library add", "library verify"):
+    for verb in ("train", "inspect", "convert", "check-recipe", "phantoms", "make-base", "library add", "library verify",
+                 "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier"):
         assert f"lowbudget {verb}" in commands
     assert "make demo" in README and "make test" in README
 
@@ -55,6 +67,8 @@ def test_every_readme_command_runs(user_site, monkeypatch, capsys):
         args = [user_site.get(a, a) for a in shlex.split(line, comments=True)[1:]]
         if args[0] == "train":
             args += SHORT_TRAINING
+        if args[:2] == ["evaluate", "classifier"]:
+            args += SHORT_CLASSIFIER
         code, out, err = run(monkeypatch, capsys, *args)
         assert code == 0, f"{line}\n{err}"
 
