@@ -87,6 +87,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
                             cache_dir=cache_dir() / "latents")
     log(f"latents: {latents.encoded} image(s) encoded, {len(images) - latents.encoded} from the cache")
     scaling = float(base.vae.config.scaling_factor)
+    if not recipe.output.validation_prompts:  # the VAE's only other use; free its memory
+        base.vae = None
     latents.mean, latents.std = latents.mean.to(device), latents.std.to(device)
     masks = latents.masks.to(device) if latents.masks is not None else None
 

@@ -1,0 +1,1 @@
+"""Inference: one sampling loop behind generate, compose and inpaint."""

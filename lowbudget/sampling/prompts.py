@@ -1,0 +1,74 @@
+"""Weighted sub-prompts ("healthy chest x-ray :0.3 AND <effusion> :0.7") and their encoding.
+
+The paper's composition (prompt-level, as in the popular web UI): each sub-prompt is encoded
+on its own and the noise predictions are mixed each step. Because each sub-prompt has its own
+77-token window, two 64-vector disease tokens combine; a sub-prompt that would not fit is an
+error, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from lowbudget.errors import LowbudgetError
+
+_WEIGHT = re.compile(r"(?:^|\s):\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class SubPrompt:
+    text: str
+    weight: float = 1.0
+
+
+def parse_prompt(prompt: str) -> list[SubPrompt]:
+    """'a :0.3 AND b :0.7' -> [SubPrompt('a', 0.3), SubPrompt('b', 0.7)]; no weight means 1."""
+    parts = []
+    for piece in re.split(r"\s+AND\s+", prompt.strip()):
+        match = _WEIGHT.search(piece)
+        weight = float(match.group(1)) if match else 1.0
+        text = piece[: match.start()].strip() if match else piece.strip()
+        if not text:
+            raise LowbudgetError(f"prompt {prompt!r} has an empty sub-prompt; write 'text :weight AND text :weight'")
+        parts.append(SubPrompt(text, weight))
+    return parts
+
+
+def format_prompt(parts: list[SubPrompt]) -> str:
+    return " AND ".join(f"{p.text} :{p.weight:g}" for p in parts) if len(parts) > 1 else parts[0].text
+
+
+def expand_learned_tokens(pipe, text: str) -> str:
+    """Expand multi-vector tokens the diffusers way ('<t>' -> '<t> <t>_1 ...')."""
+    from lowbudget.adapters.textual_inversion import expand_tokens
+
+    vocab = pipe.tokenizer.get_vocab()
+    counts = {}
+    for token in set(re.findall(r"\S+", text)):
+        clean = token.strip(",.;:")
+        if clean in vocab and f"{clean}_1" in vocab:
+            n = 1
+            while f"{clean}_{n}" in vocab:
+                n += 1
+            counts[clean] = n
+    return expand_tokens(text, counts)
+
+
+@torch.no_grad()
+def encode_texts(pipe, texts: list[str]) -> torch.Tensor:
+    """(len(texts), 77, D) text-encoder states; each text in its own 77-token window."""
+    tokenizer = pipe.tokenizer
+    limit = tokenizer.model_max_length
+    expanded = [expand_learned_tokens(pipe, t) for t in texts]
+    for text, full in zip(texts, expanded):
+        n = len(tokenizer(full).input_ids)
+        if n > limit:
+            raise LowbudgetError(
+                f"sub-prompt {text[:60]!r} is {n} tokens with learned vectors expanded (limit {limit}); "
+                "split it with AND or shorten it"
+            )
+    ids = tokenizer(expanded, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]

@@ -1,0 +1,139 @@
+"""The one sampling loop behind ``generate``, ``compose`` and ``inpaint``.
+
+Each step runs the U-Net once on a batch of B x (K + 1): B images (seeds), each with the
+unconditional (negative) branch and its K sub-prompts. The noise predictions are then mixed,
+classifier-free guidance per sub-prompt (composable diffusion, the paper's "AND"):
+
+    eps = eps_uncond + guidance * sum_k w_k * (eps_k - eps_uncond)
+
+A plain prompt is K = 1, w = 1: ordinary classifier-free guidance. Inpainting is the same
+loop with a mask: on any base the known region is replaced every step by the original,
+noised to the current level; on an SD inpainting checkpoint (9-channel U-Net) the mask and
+masked image are fed to the U-Net instead. Works on any diffusers ``StableDiffusionPipeline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lowbudget.errors import LowbudgetError
+from lowbudget.sampling.masks import feather, paste_back, to_latent_grid
+from lowbudget.sampling.prompts import SubPrompt, encode_texts, parse_prompt
+from lowbudget.sampling.schedulers import make_scheduler
+
+
+@dataclass
+class Inpainting:
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    mask: torch.Tensor  # (1, 1, H, W), 1 = repaint
+    feather: int = 8  # pixels
+    strength: float = 1.0  # 1 = start from noise; < 1 = start from the noised original
+    paste_back: bool = False
+
+
+@dataclass
+class SampleRequest:
+    prompt: str  # may compose: "a :0.3 AND b :0.7"
+    negative_prompt: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 30
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    size: int | None = None  # pixels; default: the base's native size
+    batch_size: int = 4  # images per U-Net call (each is K + 1 rows)
+    inpaint: Inpainting | None = None
+
+    @property
+    def parts(self) -> list[SubPrompt]:
+        return parse_prompt(self.prompt)
+
+
+def native_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * (2 ** (len(pipe.vae.config.block_out_channels) - 1))
+
+
+@torch.no_grad()
+def sample(pipe, req: SampleRequest, *, unet_calls: list | None = None) -> torch.Tensor:
+    """Images for every seed of ``req``: (len(seeds), 3, H, W) in [0, 1].
+
+    Each image depends only on its own seed (not on its batch neighbours), so any image can
+    be regenerated alone. ``unet_calls`` collects the batch size of every U-Net call.
+    """
+    if req.steps < 1 or not req.seeds:
+        raise LowbudgetError("need at least one step and one seed")
+    size = req.size or native_size(pipe)
+    parts = req.parts
+    device = pipe.unet.device
+    dtype = pipe.unet.dtype
+    cond = encode_texts(pipe, [req.negative_prompt] + [p.text for p in parts]).to(dtype)  # (K + 1, 77, D)
+    weights = torch.tensor([p.weight for p in parts], device=device, dtype=torch.float32)
+    known = _encode_known(pipe, req.inpaint, size) if req.inpaint else None
+    chunks = [req.seeds[i : i + req.batch_size] for i in range(0, len(req.seeds), req.batch_size)]
+    return torch.cat([_sample_chunk(pipe, req, seeds, cond, weights, known, size, unet_calls) for seeds in chunks])
+
+
+def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor, weights: torch.Tensor,
+                  known: dict | None, size: int, unet_calls: list | None) -> torch.Tensor:
+    unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
+    b, k1 = len(seeds), cond.shape[0]
+    scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)  # fresh: multistep solvers keep state
+    scheduler.set_timesteps(req.steps, device=device)
+    timesteps = scheduler.timesteps
+    latent = size // (2 ** (len(pipe.vae.config.block_out_channels) - 1))
+    shape = (4, latent, latent)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+    if known is not None and req.inpaint.strength < 1.0:  # start part-way, from the noised original
+        start = len(timesteps) - max(1, round(req.inpaint.strength * len(timesteps)))
+        timesteps = timesteps[start:]
+        latents = scheduler.add_noise(known["latents"].expand(b, -1, -1, -1), noise, timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma  # (B, 4, h, w)
+    context = cond.repeat_interleave(b, dim=0)  # (B(K+1), 77, D): all uncond rows, then sub-prompt 1, ...
+    for i, t in enumerate(timesteps):
+        x = scheduler.scale_model_input(torch.cat([latents] * k1), t)  # (B(K+1), 4, h, w)
+        if known is not None and known["native"]:  # SD inpainting U-Net: + mask + masked image
+            extra = torch.cat([known["mask"], known["masked"]], dim=1).expand(x.shape[0], -1, -1, -1)
+            x = torch.cat([x, extra], dim=1)
+        out = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float()
+        if unet_calls is not None:
+            unet_calls.append(x.shape[0])
+        uncond, conds = out[:b], out[b:].view(k1 - 1, b, *out.shape[1:])  # (B, ...), (K, B, ...)
+        guided = uncond + req.guidance * torch.einsum("k,kb...->b...", weights, conds - uncond)
+        latents = scheduler.step(guided, t, latents).prev_sample
+        if known is not None and not known["native"]:  # keep the known region on its noisy trajectory
+            nxt = timesteps[i + 1 : i + 2]
+            target = known["latents"] if len(nxt) == 0 else scheduler.add_noise(known["latents"], noise, nxt)
+            latents = known["soft"] * latents + (1 - known["soft"]) * target
+    images = _decode(pipe, latents)
+    if known is not None and req.inpaint.paste_back:
+        images = paste_back(images, req.inpaint.image.to(images.device), known["soft_pixels"])
+    return images
+
+
+def _encode_known(pipe, inp: Inpainting, size: int) -> dict:
+    """Latents of the input image, masks at pixel and latent scale, 9-channel extras."""
+    if inp.image.shape[-1] != size or inp.mask.shape[-1] != size:
+        raise LowbudgetError(f"inpainting image and mask must be {size} x {size} pixels")
+    vae, device = pipe.vae, pipe.unet.device
+    scale = vae.config.scaling_factor
+    image = inp.image.to(device, vae.dtype)
+    latents = vae.encode(image * 2 - 1).latent_dist.mean * scale  # (1, 4, h, w)
+    soft_pixels = feather(inp.mask.float(), inp.feather).to(device)
+    h, w = latents.shape[-2:]
+    known = {"latents": latents.float(), "soft": to_latent_grid(soft_pixels, (h, w)), "soft_pixels": soft_pixels,
+             "native": pipe.unet.config.in_channels == 9}
+    if known["native"]:
+        hard = (inp.mask >= 0.5).to(device, vae.dtype)
+        masked = vae.encode((image * (1 - hard)) * 2 - 1).latent_dist.mean * scale
+        known |= {"mask": to_latent_grid(hard.float(), (h, w)).to(pipe.unet.dtype), "masked": masked.to(pipe.unet.dtype)}
+    elif pipe.unet.config.in_channels != 4:
+        raise LowbudgetError(f"U-Net with {pipe.unet.config.in_channels} input channels: expected 4 or 9 (inpainting)")
+    return known
+
+
+def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    vae = pipe.vae
+    images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+    return ((images + 1) / 2).clamp(0, 1)  # (B, 3, H, W)
