@@ -45,8 +45,12 @@ def vae_key(vae) -> str:
 
 @torch.no_grad()
 def encode_images(vae, images: list[TrainingImage], *, device: torch.device, dtype: torch.dtype,
-                  cache_dir: Path | None = None, batch_size: int = 4) -> LatentSet:
-    """Posterior (mean, std) of every image, from the disk cache where possible."""
+                  cache_dir: Path | None = None, batch_size: int = 1) -> LatentSet:
+    """Posterior (mean, std) of every image, from the disk cache where possible.
+
+    One image at a time by default: the VAE encoder's activations at 512 px are several
+    hundred MB per image, and this is where a training run's peak memory would otherwise be.
+    """
     from safetensors.torch import load_file, save_file
 
     key = vae_key(vae) if cache_dir else ""

@@ -8,6 +8,7 @@ draws exactly what the unbroken run would have drawn.
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -65,16 +66,16 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     base = load_base(recipe.model.base, prediction_type=recipe.model.prediction_type,
                      expected_family=recipe.model.family)
     fingerprint = base.fingerprint  # of the untouched vocabulary, before tokens are added
-    for module in (base.unet, base.text_encoder, base.vae):
-        module.requires_grad_(False)
+    for part in ("unet", "text_encoder", "vae"):  # by name: no loop variable keeps a module alive
+        getattr(base, part).requires_grad_(False)
         if weight_dtype == torch.float32:  # an fp32 cast would only make diffusers warn
-            module.to(device)
+            getattr(base, part).to(device)
         else:
-            module.to(device, weight_dtype)
+            getattr(base, part).to(device, weight_dtype)
     bank = attach_tokens(base, method.tokens) if method.trains_tokens else None
     lora = attach_lora(base, method.lora) if method.trains_lora else []
     trainable = _trainable_tensors(base, bank)
-    text_trains = bank is not None or method.lora.text_encoder and method.trains_lora
+    text_trains = bank is not None or (method.trains_lora and method.lora.text_encoder)
     captioner = Captioner(images, data, base.tokenizer, bank)
     if recipe.model.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
@@ -87,8 +88,11 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
                             cache_dir=cache_dir() / "latents")
     log(f"latents: {latents.encoded} image(s) encoded, {len(images) - latents.encoded} from the cache")
     scaling = float(base.vae.config.scaling_factor)
-    if not recipe.output.validation_prompts:  # the VAE's only other use; free its memory
+    if not recipe.output.validation_prompts:  # validation is the VAE's only other use: free it
         base.vae = None
+    n_images = len(images)
+    del images  # the pixels live on as latents; at 512 px, 100 images are ~300 MB of float32
+    gc.collect()
     latents.mean, latents.std = latents.mean.to(device), latents.std.to(device)
     masks = latents.masks.to(device) if latents.masks is not None else None
 
@@ -121,7 +125,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
 
     # --- the loop
     ti_steps = math.ceil(method.ti_fraction * optim.max_steps) if method.kind == "ti+lora" else optim.max_steps
-    order = _DataOrder(len(images), optim.seed, optim.batch_size, accelerator.num_processes)
+    order = _DataOrder(n_images, optim.seed, optim.batch_size, accelerator.num_processes)
     step_times: list[float] = []
     startup = time.perf_counter() - t_start
     bar = _progress(progress, start_step, optim.max_steps)
@@ -184,7 +188,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
         checkpoint.save_checkpoint(out, step=optim.max_steps, trainable=trainable, optimizer=optimizer,
                                    losses=losses, recipe=recipe.to_dict())
         provenance = files.Provenance(
-            base_name=base.name, base_fingerprint=fingerprint, modality=data.modality, n_images=len(images),
+            base_name=base.name, base_fingerprint=fingerprint, modality=data.modality, n_images=n_images,
             steps=optim.max_steps, recipe=recipe.shareable_dict(), description=recipe.output.description,
             license=recipe.output.license,
         )
