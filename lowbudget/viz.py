@@ -37,14 +37,20 @@ def _fit(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
-def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640, 360), smooth: int = 0) -> Image.Image:
-    """A minimal line chart (raw values in grey, moving average in blue) with axis labels."""
-    w, h = size
-    left, right, top, bottom = 60, 15, 30, 35
+def _canvas(size: tuple[int, int], title: str, left: int):
+    """A white chart canvas with its title; returns (image, draw, font)."""
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     draw.text((left, 8), title, fill="black", font=font)
+    return img, draw, font
+
+
+def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640, 360), smooth: int = 0) -> Image.Image:
+    """A minimal line chart (raw values in grey, moving average in blue) with axis labels."""
+    w, h = size
+    left, right, top, bottom = 60, 15, 30, 35
+    img, draw, font = _canvas(size, title, left)
     y = np.asarray(values, dtype=np.float64)
     if y.size == 0:
         return img
@@ -76,10 +82,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], errors: Sequence[f
     """Vertical bars with optional +- error whiskers and the value printed above each bar."""
     w, h = size
     left, bottom, top = 50, 40, 40
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    draw.text((left, 8), title, fill="black", font=font)
+    img, draw, font = _canvas(size, title, left)
     errs = list(errors) if errors is not None else [0.0] * len(values)
     hi = max([v + e for v, e in zip(values, errs)] + [1e-12]) * 1.15
     slot = (w - left - 20) / max(1, len(values))
@@ -103,10 +106,7 @@ def histogram_chart(series: dict[str, Sequence[float]], title: str = "", bins: i
     """Overlaid histograms (as outlines, one colour per series), normalised to the same height."""
     w, h = size
     left, right, top, bottom = 50, 20, 40, 40
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    draw.text((left, 8), title, fill="black", font=font)
+    img, draw, font = _canvas(size, title, left)
     everything = np.concatenate([np.asarray(v, dtype=np.float64) for v in series.values()])
     lo, hi = float(everything.min()), float(everything.max())
     hi = hi if hi > lo else lo + 1.0
@@ -121,7 +121,7 @@ def histogram_chart(series: dict[str, Sequence[float]], title: str = "", bins: i
             y = h - bottom - (h - top - bottom) * c / peak
             points += [(to_x(edges[i]), y), (to_x(edges[i + 1]), y)]
         draw.line(points, fill=colours[k % 3], width=2)
-        draw.text((w - 220, 22 + 12 * k), name, fill=colours[k % 3], font=font)
+        draw.text((w - 240, 20 + 16 * k), name, fill=colours[k % 3], font=font)
     if marker is not None:
         draw.line((to_x(marker), top, to_x(marker), h - bottom), fill="red")
     draw.line((left, h - bottom, w - right, h - bottom), fill="black")

@@ -75,7 +75,7 @@ def _memorisation_rows(r):
     rows = [("flagged near-copies (fraction of generated)", _f(r["flagged_fraction"]))]
     for space, s in r["spaces"].items():
         rows.append((f"{space}: threshold (p{r['percentile']:g} of real-to-real)", _f(s["threshold"])))
-        rows.append((f"{space}: median distance generated→training / real→real",
+        rows.append((f"{space}: median distance generated->training / real->real",
                      f"{_f(s['generated_to_training']['median'])} / {_f(s['real_to_real']['median'])}"))
     return rows
 
@@ -86,7 +86,7 @@ def _memorisation_charts(r, out):
 
     written = []
     for space, (gen, ref) in r.get("_distributions", {}).items():
-        chart = histogram_chart({"generated → nearest training": gen.tolist(), "real → nearest other real": ref.tolist()},
+        chart = histogram_chart({"generated -> nearest training": gen.tolist(), "real -> nearest other real": ref.tolist()},
                                 f"nearest-neighbour distance, {space} space (red: flag threshold)",
                                 marker=r["spaces"][space]["threshold"])
         written.append(save_png(chart, out / f"memorisation-{space}.png"))
