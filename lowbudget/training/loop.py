@@ -300,10 +300,9 @@ def _validation_due(recipe: Recipe, done: int) -> bool:
 
 def _validate(base: BaseModel, bank: TokenBank | None, recipe: Recipe, path: Path) -> Path:
     token_text = " ".join(bank.names) if bank else ""
-    labels = [p.replace("{token}", token_text) for p in recipe.output.validation_prompts]
-    prompts = [bank.expand(p) if bank else p for p in labels]
+    prompts = [p.replace("{token}", token_text) for p in recipe.output.validation_prompts]
     out = recipe.output
-    return validation_grid(base, prompts, labels, out.validation_seeds, resolution=recipe.data.resolution,
+    return validation_grid(base, prompts, out.validation_seeds, resolution=recipe.data.resolution,
                            steps=out.validation_inference_steps, guidance=out.validation_guidance, path=path)
 
 
