@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from lowbudget.adapters.formats import EmbeddingFile
+from lowbudget.adapters.textual_inversion import taken_pieces
 from lowbudget.errors import AdapterError
 from lowbudget.models.base import describe_width, token_table_fingerprint
 
@@ -46,9 +47,7 @@ def fingerprint_warnings(metadata: dict[str, str], tokenizer, text_encoder, base
 
 
 def check_token_is_new(token: str, n_vectors: int, tokenizer, base_name: str) -> None:
-    vocab = tokenizer.get_vocab()
-    pieces = [token] + [f"{token}_{i}" for i in range(1, n_vectors)]
-    taken = [p for p in pieces if p in vocab or f"{p}</w>" in vocab]
+    taken = taken_pieces(tokenizer, token, n_vectors)
     if taken:
         raise AdapterError(
             f"token '{taken[0]}' already exists in the vocabulary of '{base_name}'; "

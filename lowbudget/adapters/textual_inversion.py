@@ -55,6 +55,17 @@ class TokenTable(nn.Module):
         return torch.where(is_new.unsqueeze(-1), new, out)
 
 
+def token_pieces(name: str, n_vectors: int) -> list[str]:
+    """The tokenizer entries of a multi-vector token: '<t>', '<t>_1', ..., '<t>_{n-1}' (diffusers' convention)."""
+    return [name] + [f"{name}_{i}" for i in range(1, n_vectors)]
+
+
+def taken_pieces(tokenizer, name: str, n_vectors: int) -> list[str]:
+    """Those pieces of a new token the vocabulary already has (BPE words end in '</w>': 'chest</w>')."""
+    vocab = tokenizer.get_vocab()
+    return [p for p in token_pieces(name, n_vectors) if p in vocab or f"{p}</w>" in vocab]
+
+
 @dataclass(frozen=True)
 class LearnedToken:
     name: str
@@ -63,8 +74,7 @@ class LearnedToken:
 
     @property
     def pieces(self) -> list[str]:
-        """The tokenizer entries: '<t>', '<t>_1', ..., '<t>_{n-1}' (the diffusers convention)."""
-        return [self.name] + [f"{self.name}_{i}" for i in range(1, self.n_vectors)]
+        return token_pieces(self.name, self.n_vectors)
 
 
 class TokenBank:
@@ -93,7 +103,7 @@ class TokenBank:
 
 def expand_tokens(text: str, n_vectors: dict[str, int]) -> str:
     for name, n in n_vectors.items():
-        pieces = " ".join([name] + [f"{name}_{i}" for i in range(1, n)])
+        pieces = " ".join(token_pieces(name, n))
         # The lookahead skips '<t>_1' pieces and a '<t>' already followed by its pieces, so an
         # already expanded prompt stays as it is.
         pattern = re.escape(name) + r"(?!_\d|\s+" + re.escape(f"{name}_1") + ")"
@@ -114,12 +124,13 @@ def attach_tokens(base: BaseModel, tokens: list[TokenConfig]) -> TokenBank:
         )
     learned, init_rows, offset = [], [], 0
     for cfg in tokens:
-        _check_new_name(tokenizer, cfg.name, base.source)
+        taken = taken_pieces(tokenizer, cfg.name, cfg.n_vectors)
+        if taken:
+            raise AdapterError(f"token '{taken[0]}' is already in the vocabulary of '{base.source}'; "
+                               f"choose a new name such as '<{cfg.name.strip('<>')}>'")
         init_ids = _initializer_ids(tokenizer, cfg)
         token = LearnedToken(cfg.name, cfg.n_vectors, offset)
-        added = tokenizer.add_tokens(token.pieces)
-        if added != len(token.pieces):
-            raise AdapterError(f"token '{cfg.name}': some of {token.pieces} already exist in the tokenizer")
+        tokenizer.add_tokens(token.pieces)
         # Vector i starts from initializer word i (cycled): '<t>' with init 'prostate mri' and
         # 4 vectors starts as 'prostate', 'mri', 'prostate', 'mri'.
         init_rows += [init_ids[i % len(init_ids)] for i in range(cfg.n_vectors)]
@@ -130,14 +141,6 @@ def attach_tokens(base: BaseModel, tokens: list[TokenConfig]) -> TokenBank:
     table = TokenTable(embedding, init).to(embedding.weight.device)
     encoder.set_input_embeddings(table)
     return TokenBank(table, learned)
-
-
-def _check_new_name(tokenizer, name: str, source: str) -> None:
-    vocab = tokenizer.get_vocab()  # BPE words end in '</w>': 'chest' is stored as 'chest</w>'
-    if name in vocab or f"{name}</w>" in vocab:
-        raise AdapterError(
-            f"token '{name}' is already in the vocabulary of '{source}'; choose a new name such as '<{name.strip('<>')}>'"
-        )
 
 
 def _initializer_ids(tokenizer, cfg: TokenConfig) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from lowbudget.adapters.textual_inversion import token_pieces
 from lowbudget.errors import LowbudgetError
 
 
@@ -66,4 +67,4 @@ def temporary_token(pipe, vectors: torch.Tensor, name: str = "<lowbudget-mix>") 
     try:
         yield name
     finally:  # every piece: diffusers would otherwise leave '<t>_1', '<t>_2', ... behind
-        pipe.unload_textual_inversion([name] + [f"{name}_{i}" for i in range(1, len(vectors))])
+        pipe.unload_textual_inversion(token_pieces(name, len(vectors)))
