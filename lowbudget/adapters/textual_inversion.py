@@ -60,6 +60,16 @@ def token_pieces(name: str, n_vectors: int) -> list[str]:
     return [name] + [f"{name}_{i}" for i in range(1, n_vectors)]
 
 
+def loaded_vector_count(vocab: dict[str, int], name: str) -> int:
+    """How many vectors a token already in the tokenizer has ('<t>', '<t>_1', ...); 0 if absent."""
+    if name not in vocab:
+        return 0
+    n = 1
+    while f"{name}_{n}" in vocab:
+        n += 1
+    return n
+
+
 def taken_pieces(tokenizer, name: str, n_vectors: int) -> list[str]:
     """Those pieces of a new token the vocabulary already has (BPE words end in '</w>': 'chest</w>')."""
     vocab = tokenizer.get_vocab()

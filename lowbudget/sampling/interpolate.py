@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from lowbudget.adapters.textual_inversion import token_pieces
+from lowbudget.adapters.textual_inversion import loaded_vector_count, token_pieces
 from lowbudget.errors import LowbudgetError
 
 
@@ -24,10 +24,7 @@ def token_vectors(pipe, name: str) -> torch.Tensor:
     vocab = pipe.tokenizer.get_vocab()
     table = pipe.text_encoder.get_input_embeddings().weight.detach()
     if name in vocab:
-        pieces = [name]
-        while f"{name}_{len(pieces)}" in vocab:
-            pieces.append(f"{name}_{len(pieces)}")
-        return table[[vocab[p] for p in pieces]].float().cpu()
+        return table[[vocab[p] for p in token_pieces(name, loaded_vector_count(vocab, name))]].float().cpu()
     ids = pipe.tokenizer(name, add_special_tokens=False).input_ids
     if not ids:
         raise LowbudgetError(f"{name!r} is neither a learned token nor words the tokenizer knows")

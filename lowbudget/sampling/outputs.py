@@ -21,9 +21,10 @@ from lowbudget.io import atomic_write
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [0, 1] -> 8-bit RGB."""
-    arr = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+    """(3, H, W) tensor in [0, 1] -> 8-bit RGB."""
+    from lowbudget.viz import to_pil as array_to_pil
+
+    return array_to_pil(image.permute(1, 2, 0).float().cpu().numpy())
 
 
 def record(request, seed: int, base: dict[str, str], adapters: list[dict[str, str]], **extra: Any) -> dict[str, Any]:

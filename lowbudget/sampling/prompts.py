@@ -43,18 +43,11 @@ def format_prompt(parts: list[SubPrompt]) -> str:
 
 def expand_learned_tokens(pipe, text: str) -> str:
     """Expand multi-vector tokens the diffusers way ('<t>' -> '<t> <t>_1 ...')."""
-    from lowbudget.adapters.textual_inversion import expand_tokens
+    from lowbudget.adapters.textual_inversion import expand_tokens, loaded_vector_count
 
     vocab = pipe.tokenizer.get_vocab()
-    counts = {}
-    for token in set(re.findall(r"\S+", text)):
-        clean = token.strip(",.;:")
-        if clean in vocab and f"{clean}_1" in vocab:
-            n = 1
-            while f"{clean}_{n}" in vocab:
-                n += 1
-            counts[clean] = n
-    return expand_tokens(text, counts)
+    counts = {w: loaded_vector_count(vocab, w) for w in {t.strip(",.;:") for t in re.findall(r"\S+", text)}}
+    return expand_tokens(text, {w: n for w, n in counts.items() if n > 1})
 
 
 @torch.no_grad()
