@@ -1,5 +1,5 @@
 # lowbudget: everything a fresh machine needs, in two commands.
-#   make demo   set up .venv, write 100 chest phantoms, train an effusion embedding on the embedded base
+#   make demo   set up .venv, write 100 chest phantoms, train an effusion embedding on the embedded base, report
 #   make test   set up .venv and run the test suite (CPU, offline, a few minutes)
 
 PYTHON ?= python3
@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/lowbudget phantoms --output $(DEMO_DIR)/phantoms -n 100 --format mixed
-	$(BIN)/lowbudget train recipes/phantom/chest-ti.toml --data $(DEMO_DIR)/phantoms --output $(DEMO_DIR)/effusion-ti
+	$(BIN)/lowbudget phantoms chest --finding effusion -n 100 --format mixed --output $(DEMO_DIR)/phantoms
+	$(BIN)/lowbudget train recipes/phantom/chest-ti.toml --data $(DEMO_DIR)/phantoms --output $(DEMO_DIR)/effusion-ti --quiet
+	$(BIN)/lowbudget report $(DEMO_DIR)/effusion-ti/effusion.safetensors --finding effusion --output $(DEMO_DIR)/report
 
 test: setup
 	$(BIN)/python -m pytest

@@ -48,6 +48,11 @@ def _positive(where: str, value: float, *, zero_ok: bool = False) -> None:
 @dataclass
 class DataConfig:
     path: str = _help("Folder of training images (PNG/JPEG/TIFF, DICOM, NIfTI); --data overrides.", "")
+    phantoms: str = _help(
+        "Generated data instead of a folder: 'MODALITY/FINDING', e.g. 'chest/effusion' (used when path is empty).", ""
+    )
+    phantoms_n: int = _help("How many phantoms to generate for data.phantoms.", 100)
+    phantoms_seed: int = _help("Seed of the phantom generator.", 0)
     modality: str = _help("Free-text modality name stored in adapter metadata, e.g. 'prostate MRI'.", "")
     resolution: int = _help("Training resolution in pixels; images are resized and centre-cropped.", 512)
     center_crop: bool = _help("Centre-crop to a square after resizing the short side (else squash).", True)
@@ -89,6 +94,9 @@ class DataConfig:
             raise RecipeError("data.templates is empty; give at least one caption template")
         if "{caption}" not in self.caption_format:
             raise RecipeError(f"data.caption_format = {self.caption_format!r} must contain {{caption}}")
+        if self.phantoms and self.phantoms.count("/") != 1:
+            raise RecipeError(f"data.phantoms = {self.phantoms!r}; expected 'MODALITY/FINDING', e.g. 'chest/effusion'")
+        _positive("data.phantoms_n", self.phantoms_n)
 
 
 @dataclass

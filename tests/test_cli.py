@@ -55,7 +55,8 @@ def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, 
     (["train", "{recipe}", "--data", "{data}", "--set", "model.precision=fp16"], r"'fp16' needs a CUDA GPU"),
     (["train", "{recipe}", "--data", "{data}", "--base", "{base}", "--set", "model.family=sd2"], r"expects an SD 2.x base"),
     (["make-base", "{tmp}"], r"already exists"),
-    (["phantoms", "--output", "{tmp}/p", "--finding", "tumour"], r"--finding 'tumour' is not known"),
+    (["phantoms", "chest", "--output", "{tmp}/p", "--finding", "tumour"], r"--finding .tumour. is not known for chest"),
+    (["phantoms", "knee", "--output", "{tmp}/p"], r"phantom modality .knee. is not known"),
 ])
 def test_bad_inputs_give_one_line_errors(monkeypatch, capsys, tmp_path, tiny_base, mixed_folder, args, pattern):
     if any("fp16" in a for a in args):

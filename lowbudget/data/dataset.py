@@ -45,10 +45,32 @@ class ImageSet:
         return len(self.images)
 
 
+def load_training_images(cfg: DataConfig, *, warn: Callable[[str], None] = print) -> ImageSet:
+    """The recipe's images: its folder, else the phantoms its generator spec names."""
+    if cfg.path or not cfg.phantoms:
+        return load_image_folder(cfg, warn=warn)
+    return generate_image_set(cfg)
+
+
+def generate_image_set(cfg: DataConfig) -> ImageSet:
+    """Phantoms drawn in memory from ``data.phantoms`` ('chest/effusion'), with their captions."""
+    from lowbudget.errors import LowbudgetError
+    from lowbudget.phantoms.world import generate
+
+    modality, finding = cfg.phantoms.split("/")
+    try:
+        phantoms = generate(modality, finding, n=cfg.phantoms_n, size=cfg.resolution, seed=cfg.phantoms_seed)
+    except LowbudgetError as exc:
+        raise DataError(f"data.phantoms = {cfg.phantoms!r}: {exc}") from None
+    images = [TrainingImage(path=Path(f"phantoms/{cfg.phantoms}/{i:04d}"), pixels=to_rgb(p.image), caption=p.caption)
+              for i, p in enumerate(phantoms)]
+    return ImageSet(folder=Path(f"phantoms/{cfg.phantoms}"), images=images, caption_source="phantoms")
+
+
 def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -> ImageSet:
     """Read the recipe's data folder; unreadable files are warned about and skipped."""
     if not cfg.path:
-        raise DataError("no training data given; pass --data <folder> or set data.path in the recipe")
+        raise DataError("no training data given; pass --data <folder>, or set data.path or data.phantoms in the recipe")
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
         raise DataError(f"data folder '{folder}' does not exist or is not a folder")

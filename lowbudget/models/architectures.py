@@ -131,7 +131,43 @@ TINY = Shape(
     },
 )
 
-SHAPES = {s.name: s for s in (SD15, SD21, TINY)}
+# The embedded phantom base: 64 px images, a VAE that downsamples by 4 (16 x 16 x 4 latents),
+# three U-Net levels with cross-attention in the upper two, a 2-layer text encoder of width 64
+# over the full CLIP vocabulary. Pretrained on phantoms by ``lowbudget pretrain-base``.
+PHANTOM = Shape(
+    name="phantom",
+    unet={
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [64, 128, 128],
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 64,
+        "norm_num_groups": 16,
+    },
+    vae={
+        "block_out_channels": [32, 64, 64],
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "sample_size": 64,
+    },
+    text_encoder={
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 64,
+        "hidden_act": "quick_gelu",
+    },
+)
+
+SHAPES = {s.name: s for s in (SD15, SD21, TINY, PHANTOM)}
 
 
 def get_shape(name: str) -> Shape:

@@ -1,17 +1,20 @@
 """The embedded default base model: what every command uses when no ``--base`` is given.
 
-Until the pretrained phantom base ships inside the package, the embedded base is the tiny
-model of :data:`lowbudget.models.architectures.TINY` with fixed random weights, written once
-as a diffusers folder into the user cache and loaded from there through the same code path
-as a user's own checkpoint.
+It is the phantom base -- Stable Diffusion's architecture at 64 px, pretrained by
+``lowbudget pretrain-base`` on phantoms whose captions never name a finding -- shipped inside
+the package as one fp16 safetensors file (``assets/phantom-base-v1.safetensors``). On first use
+it is expanded once into an fp32 diffusers folder in the user cache and loaded from there
+through the same code path as a user's own checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-EMBEDDED_NAME = "tiny-random-v1"
+EMBEDDED_NAME = "phantom-v1"
+PACKED = Path(__file__).resolve().parent.parent / "assets" / "phantom-base-v1.safetensors"
 
 
 def cache_dir() -> Path:
@@ -23,18 +26,21 @@ def cache_dir() -> Path:
 
 
 def embedded_base_path() -> Path:
-    """Path of the embedded base's diffusers folder, writing it on first use."""
-    from lowbudget.models.architectures import write_base_folder
+    """Path of the embedded base's diffusers folder, expanding the packed weights on first use."""
+    from lowbudget.errors import ModelError
+    from lowbudget.io import sha256_file
+    from lowbudget.phantoms.pretrain import unpack_base
 
-    path = cache_dir() / "bases" / EMBEDDED_NAME
+    if not PACKED.is_file():
+        raise ModelError(f"the embedded base '{PACKED}' is missing from this installation; reinstall lowbudget")
+    # The folder name carries the packed file's hash, so a new release never reuses a stale copy.
+    path = cache_dir() / "bases" / f"{EMBEDDED_NAME}-{sha256_file(PACKED)[:12]}"
     if not (path / "model_index.json").is_file():
         # Written beside the final name and renamed, so a crash never leaves half a model.
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        write_base_folder(tmp, "tiny", seed=0)
+        unpack_base(PACKED, tmp)
         try:
             tmp.rename(path)
         except OSError:  # another process won the race; its copy is identical
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return path

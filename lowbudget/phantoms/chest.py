@@ -1,88 +1,159 @@
-"""Chest radiograph phantoms: body, lungs, mediastinum, heart, ribs, diaphragm, effusion.
+"""Frontal chest radiograph phantoms with known findings.
 
-Deterministic from a seed. Intensities follow radiograph convention (air dark, bone and soft
-tissue bright). A pleural effusion fills the lung base of one side with fluid density up to
-a meniscus, blunting the costophrenic angle.
+Radiograph convention: air dark, soft tissue grey, bone and fluid bright. Image left is the
+patient's right. Every phantom is drawn from its :class:`ChestLabels` plus a seed, so the
+ground truth of each pixel is known, and the finding masks come back with the image.
+
+Findings (each drawn independently at the prevalence the caller asks for):
+  effusion      fluid filling one lung base up to a meniscus that climbs the lateral wall
+  pneumothorax  a lateral rim of one lung with no lung markings, the collapsed lung denser
+  cardiomegaly  cardiothoracic ratio 0.58-0.68 instead of 0.40-0.48
+  nodule        a round soft-edged opacity inside a lung field
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from lowbudget.errors import LowbudgetError
-from lowbudget.io import atomic_write_text
+from lowbudget.phantoms.texture import blur, grid, smooth_noise
 
-FINDINGS = ("effusion", "none")
+FINDINGS = ("effusion", "pneumothorax", "cardiomegaly", "nodule")
+SIDES = ("right", "left")  # the patient's; right is drawn on the image's left
+
+# Canonical geometry in image fractions, shared with the detectors (which know the
+# template, as a radiologist knows where the costophrenic angles are).
+LUNG_CX = {"right": 0.31, "left": 0.69}
+LUNG_HALF_WIDTH = 0.145
+LUNG_TOP = 0.17
+LUNG_BASE = {"right": 0.74, "left": 0.77}  # the right hemidiaphragm sits higher
+HEART_CY = 0.60
+THORAX_WIDTH = 2 * (0.19 + LUNG_HALF_WIDTH)  # outer lung edge to outer lung edge
 
 
-def chest_phantom(size: int, rng: np.random.Generator, *, effusion_side: str | None = None) -> np.ndarray:
-    """One (size, size) float32 image in [0, 1]."""
-    y, x = np.mgrid[0:size, 0:size] / size  # (size, size) each, in [0, 1)
-    jitter = lambda s: rng.normal(0, s)  # noqa: E731
-    img = np.full((size, size), 0.05)
-    body = ((x - 0.5) / (0.46 + jitter(0.01))) ** 2 + ((y - 0.58) / 0.55) ** 2 < 1
-    img[body] = 0.55
-    lungs = np.zeros_like(body)
-    for side, cx in (("right", 0.31), ("left", 0.69)):  # patient's right is image left
-        cx += jitter(0.01)
-        lung = ((x - cx) / (0.15 + jitter(0.008))) ** 2 + ((y - 0.47) / (0.3 + jitter(0.01))) ** 2 < 1
-        lung &= y < 0.74 + 0.05 * np.cos((x - cx) * 9)  # domed diaphragm
+@dataclass
+class ChestLabels:
+    """What a chest phantom shows; also its caption attributes."""
+
+    effusion: str | None = None  # side
+    effusion_size: float = 0.0  # fraction of lung height
+    pneumothorax: str | None = None
+    pneumothorax_size: float = 0.0  # fraction of lung half-width
+    ctr: float = 0.44  # cardiothoracic ratio
+    nodule: tuple[float, float, float] | None = None  # x, y, radius in image fractions
+    habitus: float = 1.0  # body width scale: < 0.97 slim, > 1.03 broad
+    exposure: float = 1.0  # film darkness: < 0.95 dark, > 1.05 bright
+    extra: dict = field(default_factory=dict)
+
+    def findings(self) -> dict[str, int]:
+        return {
+            "effusion": int(self.effusion is not None),
+            "pneumothorax": int(self.pneumothorax is not None),
+            "cardiomegaly": int(self.ctr >= 0.55),
+            "nodule": int(self.nodule is not None),
+        }
+
+
+def sample_chest_labels(rng: np.random.Generator, present: set[str], prevalence: float = 0.0) -> ChestLabels:
+    """Labels with the findings in ``present`` and each other finding at ``prevalence``."""
+    has = {f: f in present or rng.random() < prevalence for f in FINDINGS}
+    labels = ChestLabels(habitus=rng.uniform(0.93, 1.07), exposure=rng.uniform(0.88, 1.12))
+    labels.ctr = rng.uniform(0.58, 0.68) if has["cardiomegaly"] else rng.uniform(0.40, 0.48)
+    if has["effusion"]:
+        labels.effusion, labels.effusion_size = SIDES[rng.integers(2)], rng.uniform(0.24, 0.33)
+    if has["pneumothorax"]:
+        labels.pneumothorax, labels.pneumothorax_size = SIDES[rng.integers(2)], rng.uniform(0.30, 0.45)
+    if has["nodule"]:
+        side = SIDES[rng.integers(2)]
+        nx = LUNG_CX[side] + rng.uniform(-0.5, 0.5) * LUNG_HALF_WIDTH
+        labels.nodule = (nx, rng.uniform(0.28, 0.52), rng.uniform(0.05, 0.07))
+    return labels
+
+
+def chest_phantom(size: int, rng: np.random.Generator, labels: ChestLabels | None = None,
+                  *, effusion_side: str | None = None) -> np.ndarray:
+    """One (size, size) float32 image in [0, 1] (labels default to a healthy chest)."""
+    if labels is None:
+        labels = ChestLabels(effusion=effusion_side, effusion_size=0.32 if effusion_side else 0.0)
+    return render_chest(labels, size, rng)[0]
+
+
+def render_chest(labels: ChestLabels, size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Draw ``labels``; returns the image and a boolean mask per finding present."""
+    x, y = grid(size)
+    s = labels.habitus
+    img = np.full((size, size), 0.03)
+    body = ((x - 0.5) / (0.47 * s)) ** 2 + ((y - 0.66) / 0.62) ** 2 < 1
+    img[body] = 0.40 + 0.12 * np.clip(1 - ((x[body] - 0.5) / (0.47 * s)) ** 2, 0, 1)  # thicker centrally
+    shoulders = (((x - 0.5) / (0.49 * s)) ** 2 + ((y - 0.32) / 0.2) ** 4 < 1) & ~body
+    img[shoulders] = 0.34 + 0.08 * np.clip(0.32 - y[shoulders], 0, 1)
+    masks: dict[str, np.ndarray] = {}
+    lungs = np.zeros((size, size), bool)
+    markings = smooth_noise(rng, size, 0.8)
+    for side in SIDES:
+        lung, lateral = _lung(x, y, side, s)
         lungs |= lung
-        if side == effusion_side:
-            level = 0.62 + rng.uniform(-0.05, 0.04)
-            lateral = (cx - x) if side == "right" else (x - cx)
-            meniscus = level - 0.08 * np.clip(lateral / 0.15, 0, 1)  # fluid climbs the lateral wall
-            lung_fluid = lung & (y > meniscus)
-            img[lung_fluid] = 0.6
-            lung &= ~lung_fluid
-        img[lung] = 0.18
-    ribs = 0.07 * (np.sin((y + 0.15 * np.abs(x - 0.5)) * 2 * np.pi * 9) > 0.6)
-    img += ribs * lungs
-    heart_r = 0.13 + jitter(0.01)
-    heart = ((x - 0.55) / (heart_r * 1.2)) ** 2 + ((y - 0.62) / heart_r) ** 2 < 1
-    img[heart] = 0.68
-    img[(np.abs(x - 0.5) < 0.045) & body] = 0.78  # spine and mediastinum
-    img = _blur(img, size / 96) + rng.normal(0, 0.02, img.shape)
-    return np.clip(img, 0, 1).astype(np.float32)
+        hilum = np.clip(1 - lateral, 0, 1)  # markings fade towards the periphery
+        img[lung] = 0.15 + 0.07 * hilum[lung] * np.clip(markings[lung] + 0.3, 0, 1.2)
+        if labels.pneumothorax == side:
+            rim = lung & (lateral > 1 - labels.pneumothorax_size) & (y < LUNG_BASE[side] - 0.08)
+            img[rim] = 0.05
+            img[lung & ~rim] += 0.05  # the collapsed lung is denser
+            edge = lung & ~rim & (lateral > 1 - labels.pneumothorax_size - 0.06) & (y < LUNG_BASE[side] - 0.08)
+            img[edge] += 0.08  # the visceral pleural line
+            masks["pneumothorax"] = rim
+        if labels.effusion == side:
+            height = LUNG_BASE[side] - LUNG_TOP
+            level = LUNG_BASE[side] - labels.effusion_size * height
+            fluid = lung & (y > level - 0.07 * lateral)  # meniscus climbs the lateral wall
+            img[fluid] = 0.50 + 0.08 * np.clip((y[fluid] - level) / 0.1, 0, 1)
+            masks["effusion"] = fluid
+    img += _ribs(x, y) * lungs
+    img += 0.12 * _clavicles(x, y, s)
+    heart = _heart(x, y, labels.ctr * THORAX_WIDTH * s)
+    img[heart] = 0.58 + 0.04 * rng.random()
+    if labels.findings()["cardiomegaly"]:
+        masks["cardiomegaly"] = heart
+    img[(np.abs(x - 0.5) < 0.05) & (y > 0.05) & body | (np.abs(x - 0.5) < 0.05) & (y < 0.2)] = 0.66  # spine, mediastinum
+    img[(np.abs(x - 0.5) < 0.012) & (y > 0.04) & (y < 0.34)] = 0.22  # trachea
+    if labels.nodule is not None:
+        nx, ny, r = labels.nodule
+        d2 = ((x - nx) ** 2 + (y - ny) ** 2) / r**2
+        img += 0.42 * np.exp(-1.5 * d2**2)  # round with soft edges
+        masks["nodule"] = d2 < 1
+    bias = 1 + 0.06 * smooth_noise(rng, size, 12)  # uneven exposure across the film
+    img = (img * bias) ** (1 / labels.exposure)
+    img = blur(img, 0.7 * size / 64) + rng.normal(0, 0.015, img.shape)
+    return np.clip(img, 0, 1).astype(np.float32), masks
 
 
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur (soft anatomical edges), edges padded by reflection."""
-    half = max(1, int(3 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-    kernel /= kernel.sum()
-    padded = np.pad(img, half, mode="reflect")
-    rows = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="valid"), 1, padded)
-    return np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="valid"), 0, rows)
+def _lung(x: np.ndarray, y: np.ndarray, side: str, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """A lung field mask and each pixel's lateral position (0 medial edge, 1 lateral edge)."""
+    cx = 0.5 + (LUNG_CX[side] - 0.5) * s
+    w = LUNG_HALF_WIDTH * s
+    base, top = LUNG_BASE[side], LUNG_TOP
+    cy, h = (base + top) / 2, (base - top) / 2
+    lung = np.abs((x - cx) / w) ** 2.5 + np.abs((y - cy) / h) ** 2.5 < 1
+    lung &= y < base - 0.07 * np.clip(1 - ((x - cx) / w) ** 2, 0, 1)  # domed diaphragm, sharp lateral angle
+    out = 1 if side == "left" else -1
+    lateral = np.clip(((x - cx) * out / w + 1) / 2, 0, 1)
+    return lung, lateral
 
 
-def write_chest_phantoms(output: Path, *, n: int, finding: str = "effusion", size: int = 64, fmt: str = "png",
-                         seed: int = 0) -> list[Path]:
-    """Write ``n`` phantoms plus ``metadata.jsonl`` (captions never name the finding)."""
-    from lowbudget.data.writers import write_dicom, write_png
+def _ribs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    curve = 0.35 * (x - 0.5) ** 2
+    phase = (y - 0.18 - curve) / 0.075
+    return 0.06 * np.exp(-(((phase - np.round(phase)) / 0.18) ** 2))
 
-    if finding not in FINDINGS:
-        raise LowbudgetError(f"--finding {finding!r} is not known; expected one of {', '.join(FINDINGS)}")
-    formats = {"png": ["png"], "png16": ["png16"], "dicom": ["dicom"], "mixed": ["png", "png16", "dicom"]}
-    if fmt not in formats:
-        raise LowbudgetError(f"--format {fmt!r} is not known; expected one of {', '.join(formats)}")
-    if n < 1 or size < 16:
-        raise LowbudgetError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
-    output = Path(output)
-    rng = np.random.default_rng(seed)
-    paths, rows = [], []
-    for i in range(n):
-        side = rng.choice(["left", "right"]) if finding == "effusion" else None
-        pixels = chest_phantom(size, rng, effusion_side=side)
-        kind = formats[fmt][i % len(formats[fmt])]
-        name = f"chest-{i:04d}." + ("dcm" if kind == "dicom" else "png")
-        if kind == "dicom":
-            paths.append(write_dicom(output / name, pixels, monochrome1=bool(i % 2)))
-        else:
-            paths.append(write_png(output / name, pixels, bits=16 if kind == "png16" else 8))
-        rows.append({"file_name": name, "text": "a chest x-ray", "effusion": side or "none"})
-    atomic_write_text(output / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    return paths
+
+def _clavicles(x: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
+    line = 0.17 - 0.08 * np.abs(x - 0.5)
+    return np.exp(-(((y - line) / 0.015) ** 2)) * (np.abs(x - 0.5) > 0.04) * (np.abs(x - 0.5) < 0.36 * s)
+
+
+def _heart(x: np.ndarray, y: np.ndarray, width: float) -> np.ndarray:
+    """Heart shadow: a third of its width right of the midline (patient's), two thirds left."""
+    cx = 0.5 + width * (2 / 3 - 1 / 2)
+    hh = 0.09 + 0.25 * width
+    return ((x - cx) / (width / 2)) ** 2 + ((y - HEART_CY) / hh) ** 2 < 1

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lowbudget.adapters import files
 from lowbudget.adapters.lora import attach_lora, lora_adapter_metadata, lora_parameters, lora_state_dict
 from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
-from lowbudget.data.dataset import load_image_folder
+from lowbudget.data.dataset import load_training_images
 from lowbudget.errors import TrainingError
 from lowbudget.io import atomic_write_text
 from lowbudget.models.base import BaseModel, load_base
@@ -54,7 +54,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     data, method, optim = recipe.data, recipe.method, recipe.optim
 
     # --- data first: a broken folder fails in seconds, before any model loads
-    images = load_image_folder(data, warn=log)
+    images = load_training_images(data, warn=log)
     log(f"data: {len(images)} image(s) from {images.folder} ({images.caption_source} captions, "
         f"{len(images.skipped)} skipped)")
 

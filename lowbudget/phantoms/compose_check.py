@@ -1,0 +1,130 @@
+"""Acceptance of the sampling side on the phantom world: interpolation, combination, inpainting.
+
+  interpolation  <healthy-chest> -> <effusion> at K weights, one row per seed: Spearman rho
+                 between weight and effusion score per seed, mean over seeds, for the prompt-level
+                 method ("and") and the embedding-level ones (lerp, slerp)
+  combination    "<effusion> AND <cardiomegaly>": both detectors flag the same image
+  inpainting     a healthy phantom, a box over one lower lung, prompt with <effusion>: the
+                 effusion detector flags that side; with paste-back no pixel outside the
+                 feathered box changes
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lowbudget.phantoms import chest, detectors
+from lowbudget.phantoms.fidelity import Sampling, open_with, train_finding
+from lowbudget.phantoms.world import generate
+
+PLAIN = "a frontal chest x-ray"
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho with average ranks for ties (0 when one side is constant)."""
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for value in np.unique(v):  # ties share their mean rank
+            r[v == value] = r[v == value].mean()
+        return r
+
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _request(s: Sampling, seeds: list[int]):
+    from lowbudget.sampling.sampler import SampleRequest
+
+    return SampleRequest(prompt="", seeds=seeds, steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
+                         batch_size=s.batch_size)
+
+
+def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int = 5) -> dict:
+    from lowbudget.sampling.compose import interpolation
+
+    out = {}
+    for method in ("and", "lerp", "slerp"):
+        w, images, _ = interpolation(pipe, "<healthy-chest>", "<effusion>", steps=weights, method=method,
+                                     template=f"{PLAIN} with {{}}", request=_request(sampling, seeds))
+        gray = images.mean(dim=2).cpu().numpy()  # (seeds, K, H, W)
+        scores = np.array([[detectors.effusion(im) for im in row] for row in gray])  # (seeds, K)
+        rhos = [spearman(np.array(w), row) for row in scores]
+        out[method] = {"rho_mean": float(np.mean(rhos)), "rhos": rhos, "mean_score_by_weight": scores.mean(0).tolist(),
+                       "strip": gray}
+    return out
+
+
+def combination_check(pipe, sampling: Sampling, seeds: list[int]) -> dict:
+    from lowbudget.sampling.sampler import sample
+
+    prompt = f"{PLAIN} with <effusion> :1 AND {PLAIN} with <cardiomegaly> :1"
+    gray = sample(pipe, replace(_request(sampling, seeds), prompt=prompt)).mean(dim=1).cpu().numpy()
+    eff = detectors.flagged("chest", "effusion", gray)
+    card = detectors.flagged("chest", "cardiomegaly", gray)
+    return {"prompt": prompt, "both": float((eff & card).mean()), "effusion": float(eff.mean()),
+            "cardiomegaly": float(card.mean()), "images": gray}
+
+
+def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 4) -> dict:
+    """One healthy phantom per seed; the box covers the lower half of the patient's right lung."""
+    from lowbudget.sampling.masks import box_mask, feather as soften
+    from lowbudget.sampling.sampler import Inpainting, sample
+
+    size = 64
+    x0, x1 = int((chest.LUNG_CX["right"] - 1.3 * chest.LUNG_HALF_WIDTH) * size), int(0.47 * size)
+    y0, y1 = int(0.45 * size), int((chest.LUNG_BASE["right"] + 0.06) * size)
+    mask = box_mask(f"{x0},{y0},{x1},{y1}", size)  # (1, 1, 64, 64)
+    outside = (soften(mask.float(), feather) == 0)[0, 0].numpy()
+    cut = detectors.threshold("chest", "effusion")
+    healthy = generate("chest", "none", n=len(seeds), seed=60_000)
+    inside, changed, results = [], [], []
+    for s, ph in zip(seeds, healthy):
+        image = torch.from_numpy(ph.image)[None, None].repeat(1, 3, 1, 1)  # (1, 3, 64, 64)
+        req = replace(_request(sampling, [s]), prompt=f"{PLAIN} with <effusion>",
+                      inpaint=Inpainting(image=image, mask=mask, feather=feather, paste_back=True))
+        out = sample(pipe, req)[0]  # (3, 64, 64)
+        gray = out.mean(dim=0).cpu().numpy()
+        inside.append(detectors.effusion_sides(gray)["right"] > cut)
+        changed.append(int((out.cpu() != image[0]).any(dim=0).numpy()[outside].sum()))
+        results.append(gray)
+    return {"box": [x0, y0, x1, y1], "detected_in_mask": float(np.mean(inside)),
+            "pixels_changed_outside": int(sum(changed)), "images": np.stack(results),
+            "originals": np.stack([p.image for p in healthy])}
+
+
+def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
+    from lowbudget.phantoms.benchmark import _save_strip, _table
+
+    runs = output / "runs"
+    files = [*train_finding(replace(cfg.token, finding="effusion"), runs / "effusion"),
+             *train_finding(replace(cfg.token, finding="cardiomegaly"), runs / "cardiomegaly"),
+             *train_finding(replace(cfg.token, finding="healthy-chest"), runs / "healthy-chest")]
+    pipe = open_with(files)
+    seeds = list(range(70_000, 70_000 + cfg.compose_seeds))
+    interp = interpolation_check(pipe, cfg.sampling, seeds)
+    for method, r in interp.items():
+        _save_strip(r.pop("strip")[0], output / f"interpolation-{method}.png")
+        log(f"  interpolation {method}: mean Spearman rho {r['rho_mean']:.3f}")
+    comb = combination_check(pipe, cfg.sampling, list(range(71_000, 71_000 + 2 * cfg.compose_seeds)))
+    _save_strip(comb.pop("images")[:8], output / "combination.png")
+    inp = inpainting_check(pipe, cfg.sampling, list(range(72_000, 72_000 + 2 * cfg.compose_seeds)))
+    _save_strip(np.concatenate([inp.pop("originals")[:4], inp.pop("images")[:4]]), output / "inpainting.png")
+    log(f"  combination both {comb['both']:.2f}; inpainting {inp['detected_in_mask']:.2f}, "
+        f"{inp['pixels_changed_outside']} pixels changed outside")
+    rows = [[f"interpolation, {m}", f"mean Spearman rho {r['rho_mean']:.3f} over {len(seeds)} seeds", ">= 0.9"]
+            for m, r in interp.items()]
+    rows.append(["combination <effusion> AND <cardiomegaly>",
+                 f"both {comb['both']:.2f} (effusion {comb['effusion']:.2f}, cardiomegaly {comb['cardiomegaly']:.2f})",
+                 ">= 0.70"])
+    rows.append(["inpainting <effusion>, box on the right lower lung",
+                 f"detected in mask {inp['detected_in_mask']:.2f}; {inp['pixels_changed_outside']} pixels changed "
+                 "outside the feathered box (paste-back)", ">= 0.80; 0"])
+    return _table(["check", "result", "target"], rows), {"interpolation": interp, "combination": comb, "inpainting": inp}

@@ -1,0 +1,157 @@
+"""Does a learned adapter draw its finding? Train on phantoms, sample, ask the detector.
+
+The core measurement of the phantom world, shared by the demo report, the quick test and the
+benchmark: train a token (or LoRA) on generated images of one finding with lowbudget's own
+training loop, sample with lowbudget's own sampling loop, and count the images the finding's
+detector flags -- with the learned token, with its initializer word alone, and with the plain
+modality prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lowbudget.phantoms import detectors
+from lowbudget.phantoms.world import MODALITIES
+from lowbudget.recipe import DataConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig, Recipe, TokenConfig
+
+# Words never used in pretraining captions: their embeddings are as untrained as a medical
+# term's meaning is to Stable Diffusion, which makes them the honest "without token" control.
+INIT_WORDS = {"effusion": "fluid", "pneumothorax": "air", "cardiomegaly": "heart", "nodule": "spot", "lesion": "tumor"}
+HEALTHY_WORD = "normal"  # initializer of a modality's healthy token, '<healthy-chest>'
+
+
+def modality_of(finding: str) -> str:
+    if finding.startswith("healthy-") and finding[len("healthy-"):] in MODALITIES:
+        return finding[len("healthy-"):]
+    for name, mod in MODALITIES.items():
+        if finding in mod.findings:
+            return name
+    raise ValueError(f"no phantom modality has the finding {finding!r}; known: {', '.join(INIT_WORDS)}")
+
+
+def token_name(finding: str) -> str:
+    return f"<{finding}>"
+
+
+def init_word(finding: str) -> str:
+    return HEALTHY_WORD if finding.startswith("healthy-") else INIT_WORDS[finding]
+
+
+@dataclass
+class Sampling:
+    """How benchmark images are drawn (the same for every row, so rows compare)."""
+
+    steps: int = 25
+    guidance: float = 3.0
+    scheduler: str = "ddim"
+    batch_size: int = 16
+
+
+@dataclass
+class TokenSpec:
+    finding: str
+    method: str = "ti"  # ti | lora | ti+lora
+    n_images: int = 100
+    n_vectors: int = 4
+    steps: int = 300
+    batch_size: int = 8
+    lr_ti: float = 2e-2
+    lr_lora: float = 1e-3
+    seed: int = 0
+    data_seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
+    """The recipe a user would write for ``spec``: generated phantoms, embedded base."""
+    modality = modality_of(spec.finding)
+    tokens = [] if spec.method == "lora" else [
+        TokenConfig(name=token_name(spec.finding), init=init_word(spec.finding), n_vectors=spec.n_vectors)]
+    drawn = "none" if spec.finding.startswith("healthy-") else spec.finding  # healthy: no finding at all
+    fmt = "{caption}" if spec.method == "lora" else "{caption} with {token}"
+    return Recipe(
+        data=DataConfig(phantoms=f"{modality}/{drawn}", phantoms_n=spec.n_images, phantoms_seed=spec.data_seed,
+                        modality=f"{modality} phantom", resolution=64, caption_format=fmt,
+                        templates=[fmt.replace("{caption}", MODALITIES[modality].plain_prompt)]),
+        model=ModelConfig(base=base),
+        method=MethodConfig(kind=spec.method, tokens=tokens),
+        optim=OptimConfig(max_steps=spec.steps, batch_size=spec.batch_size, lr_ti=spec.lr_ti, lr_lora=spec.lr_lora,
+                          seed=spec.seed),
+        output=OutputConfig(dir=str(output), checkpoint_every=0, description=f"{spec.finding} on {modality} phantoms",
+                            license="CC0-1.0"),
+    )
+
+
+def train_finding(spec: TokenSpec, output: Path, base: str = "", log: Callable[[str], None] = lambda s: None) -> list[Path]:
+    """Train ``spec`` into ``output`` (or reuse a finished run there); returns the adapter files."""
+    from lowbudget.training.loop import train
+
+    done = sorted(Path(output).glob("*.safetensors"))
+    if done:  # adapters are written last, atomically: their presence means the run finished
+        return done
+    files = train(token_recipe(spec, output, base), progress=False, log=log).files
+    return [p for p in files if p.suffix == ".safetensors"]  # not the loss chart
+
+
+def prompts(finding: str, with_adapter: bool = True) -> dict[str, str]:
+    """The prompts a fidelity row compares."""
+    plain = MODALITIES[modality_of(finding)].plain_prompt
+    out = {"token": f"{plain} with {token_name(finding)}", "init": f"{plain} with {init_word(finding)}", "plain": plain}
+    return out if with_adapter else {k: v for k, v in out.items() if k != "token"}
+
+
+def generate_gray(pipe, prompt: str, seeds: list[int], sampling: Sampling) -> np.ndarray:
+    """(N, H, W) float images in [0, 1] from lowbudget's sampling loop."""
+    from lowbudget.sampling.sampler import SampleRequest, sample
+
+    req = SampleRequest(prompt=prompt, seeds=seeds, steps=sampling.steps, guidance=sampling.guidance,
+                        scheduler=sampling.scheduler, batch_size=sampling.batch_size)
+    return sample(pipe, req).mean(dim=1).cpu().numpy()
+
+
+def detection_rate(finding: str, images: np.ndarray) -> float:
+    return float(detectors.flagged(modality_of(finding), finding, images).mean())
+
+
+def recognised_rate(modality: str, images: np.ndarray) -> float:
+    """Fraction of images the template check recognises as ``modality``."""
+    return float(np.mean([detectors.recognise(im) == modality for im in images]))
+
+
+def training_rate(spec: TokenSpec, size: int = 64) -> float:
+    """Detector rate on the training images themselves: the ceiling a faithful token can reach."""
+    from lowbudget.phantoms.world import generate
+
+    images = [p.image for p in generate(modality_of(spec.finding), spec.finding, n=spec.n_images, size=size,
+                                        seed=spec.data_seed)]
+    return detection_rate(spec.finding, np.stack(images))
+
+
+def open_with(adapters: list[Path], base: str = ""):
+    """A pipeline on ``base`` (embedded by default) with ``adapters`` loaded."""
+    from lowbudget.sampling.outputs import open_pipeline
+
+    return open_pipeline(base or None, adapters, warn=lambda s: None)[0]
+
+
+def fidelity(spec: TokenSpec, adapters: list[Path], *, n: int = 32, seed: int = 10_000, base: str = "",
+             sampling: Sampling | None = None) -> dict:
+    """Detector rates with the adapter's prompt, the initializer word alone and the plain prompt."""
+    sampling = sampling or Sampling()
+    seeds = list(range(seed, seed + n))
+    with_adapter = open_with(adapters, base)
+    without = open_with([], base)
+    rates, images = {}, {}
+    for what, prompt in prompts(spec.finding).items():
+        if spec.method == "lora" and what == "token":
+            prompt = prompts(spec.finding)["plain"]  # LoRA has no token: it changes the plain prompt's images
+        pipe = with_adapter if what == "token" else without
+        images[what] = generate_gray(pipe, prompt, seeds, sampling)
+        rates[what] = detection_rate(spec.finding, images[what])
+    rates["recognised"] = recognised_rate(modality_of(spec.finding), images["token"])
+    return {"rates": rates, "images": images, "seeds": seeds}

@@ -1,0 +1,238 @@
+"""Pretrain the embedded phantom base: a Stable Diffusion-architecture model from scratch, on CPU.
+
+Three phases, each resumable from ``<output>/checkpoint.pt``:
+
+  1. VAE    an ``AutoencoderKL`` learns to map 64 px phantoms to 16 x 16 x 4 latents
+  2. encode every pretraining image is encoded once (posterior mean and std)
+  3. U-Net  ``UNet2DConditionModel`` and ``CLIPTextModel`` learn eps-prediction jointly on
+            captions that name the modality and harmless attributes, never a finding
+
+The findings do occur in the images (each at ``prevalence``), so the base can draw them, but
+it has never been given a word for them: that is what a learned token has to supply, as for
+Stable Diffusion and medical vocabulary. The result is written as a diffusers folder and as
+one fp16 safetensors file, the form that ships inside the package.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lowbudget.io import atomic_write, atomic_write_text
+
+PACKED_FORMAT = "lowbudget-phantom-base"
+
+
+@dataclass
+class PretrainConfig:
+    size: int = 64
+    n_images: int = 8000
+    chest_fraction: float = 0.6  # the rest are prostate MRI
+    prevalence: float = 0.1  # of every finding, independently
+    vae_steps: int = 1200
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 4500
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    text_lr: float = 2e-4
+    warmup: int = 200
+    caption_dropout: float = 0.1  # empty captions teach the unconditional branch for guidance
+    snr_gamma: float = 5.0  # min-SNR loss weighting: faster convergence at this scale
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+def pretrain(output: Path, cfg: PretrainConfig, *, log=print) -> Path:
+    """Run (or resume) all phases; returns the packed fp16 file."""
+    from lowbudget.models.architectures import PHANTOM, build_components
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "config.json", json.dumps(asdict(cfg), indent=2))
+    torch.manual_seed(cfg.seed)
+    parts = build_components(PHANTOM, seed=cfg.seed)
+    state = _load_state(output)
+    pixels, captions = _pretraining_set(cfg)  # (N, 3, 64, 64) in [-1, 1]; N captions
+    log(f"pretraining set: {len(captions)} phantoms")
+    vae = parts["vae"]
+    if state.get("phase", "vae") == "vae":
+        _train_vae(vae, pixels, cfg, output, state, log)
+        state = {"phase": "unet", "vae": vae.state_dict()}
+        _save_state(output, state)
+    vae.load_state_dict(state["vae"])
+    mean, std = _encode(vae, pixels)  # (N, 4, 16, 16) each
+    scaling = float(1 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    _train_unet(parts, mean * scaling, std * scaling, captions, cfg, output, state, log)
+    return _write_outputs(parts, output, cfg)
+
+
+def _pretraining_set(cfg: PretrainConfig) -> tuple[torch.Tensor, list[str]]:
+    from lowbudget.phantoms.world import generate
+
+    n_chest = int(round(cfg.n_images * cfg.chest_fraction))
+    phantoms = generate("chest", n=n_chest, size=cfg.size, seed=cfg.seed, prevalence=cfg.prevalence)
+    phantoms += generate("prostate", n=cfg.n_images - n_chest, size=cfg.size, seed=cfg.seed + 1,
+                         prevalence=cfg.prevalence)
+    pixels = torch.from_numpy(np.stack([p.image for p in phantoms]))[:, None].repeat(1, 3, 1, 1)
+    return pixels * 2 - 1, [p.caption for p in phantoms]
+
+
+def _train_vae(vae, pixels: torch.Tensor, cfg: PretrainConfig, output: Path, state: dict, log) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start = state.get("step", 0)
+    if start:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    gen = torch.Generator().manual_seed(cfg.seed + 11)
+    for _ in range(start):  # replay the sampler so a resumed run sees the same batches
+        torch.randint(len(pixels), (cfg.vae_batch,), generator=gen)
+    t0 = time.time()
+    for step in range(start, cfg.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * _cosine(step, cfg.vae_steps, cfg.warmup)
+        x = pixels[torch.randint(len(pixels), (cfg.vae_batch,), generator=gen)]  # (B, 3, 64, 64)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.mse_loss(recon, x) + F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            log(f"vae step {step + 1}/{cfg.vae_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.vae_steps:
+            _save_state(output, {"phase": "vae", "step": step + 1, "model": vae.state_dict(), "optimizer": opt.state_dict()})
+
+
+@torch.no_grad()
+def _encode(vae, pixels: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(pixels), batch):
+        dist = vae.encode(pixels[i : i + batch]).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: list[str], cfg: PretrainConfig,
+                output: Path, state: dict, log) -> None:
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    noise = DDPMScheduler.from_config(parts["scheduler"].config)
+    ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids  # (N + 1, 77); the last row is the empty caption
+    params = [{"params": list(unet.parameters()), "lr": cfg.unet_lr},
+              {"params": list(text_encoder.parameters()), "lr": cfg.text_lr}]
+    opt = torch.optim.AdamW(params, weight_decay=0.0)  # decay would shrink the unused vocabulary rows
+    ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text_encoder": copy.deepcopy(text_encoder).requires_grad_(False)}
+    start = state.get("step", 0) if state.get("phase") == "unet" and "optimizer" in state else 0
+    if start:
+        for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+            module.load_state_dict(state[name])
+            ema[name].load_state_dict(state[f"ema_{name}"])
+        opt.load_state_dict(state["optimizer"])
+    gen = torch.Generator().manual_seed(cfg.seed + 12)
+    for _ in range(start):
+        torch.randint(len(captions), (cfg.unet_batch,), generator=gen)
+    alphas = noise.alphas_cumprod
+    snr = alphas / (1 - alphas)  # (1000,)
+    unet.train()
+    text_encoder.train()
+    t0 = time.time()
+    for step in range(start, cfg.unet_steps):
+        factor = _cosine(step, cfg.unet_steps, cfg.warmup)
+        for group, base_lr in zip(opt.param_groups, (cfg.unet_lr, cfg.text_lr)):
+            group["lr"] = base_lr * factor
+        idx = torch.randint(len(captions), (cfg.unet_batch,), generator=gen)  # (B,)
+        latents = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)  # (B, 4, 16, 16)
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        tokens = torch.where(drop[:, None], ids[-1], ids[idx])  # (B, 77)
+        eps = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, noise.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = noise.add_noise(latents, eps, t)
+        cond = text_encoder(tokens)[0]  # (B, 77, 64)
+        pred = unet(noisy, t, cond).sample
+        weight = torch.clamp(snr[t], max=cfg.snr_gamma) / snr[t]  # min-SNR for eps targets
+        loss = (weight * F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+                for p_ema, p in zip(ema[name].parameters(), module.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+        if (step + 1) % 100 == 0:
+            log(f"unet step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.unet_steps:
+            _save_state(output, {"phase": "unet", "step": step + 1, "vae": state["vae"], "optimizer": opt.state_dict(),
+                                 "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                                 "ema_unet": ema["unet"].state_dict(), "ema_text_encoder": ema["text_encoder"].state_dict()})
+    parts["unet"].load_state_dict(ema["unet"].state_dict())
+    parts["text_encoder"].load_state_dict(ema["text_encoder"].state_dict())
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _save_state(output: Path, state: dict) -> None:
+    atomic_write(output / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
+
+
+def _load_state(output: Path) -> dict:
+    path = output / "checkpoint.pt"
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+
+
+def _write_outputs(parts: dict, output: Path, cfg: PretrainConfig) -> Path:
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(output / "base"))
+    tensors = {f"{name}.{k}": v.detach().to(torch.float16).contiguous()
+               for name in ("unet", "vae", "text_encoder") for k, v in parts[name].state_dict().items()
+               if v.is_floating_point()}
+    meta = {"format": PACKED_FORMAT, "shape": "phantom", "vae_scaling_factor": repr(parts["vae"].config.scaling_factor),
+            "config": json.dumps(asdict(cfg))}
+    return atomic_write(output / "phantom-base.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def unpack_base(packed: Path, folder: Path) -> Path:
+    """Expand a packed fp16 base into an fp32 diffusers folder (what the embedded default does)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    from lowbudget.models.architectures import get_shape, build_components
+
+    with safe_open(str(packed), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
+    parts = build_components(get_shape(meta["shape"]))
+    parts["vae"].register_to_config(scaling_factor=float(meta["vae_scaling_factor"]))
+    for name in ("unet", "vae", "text_encoder"):
+        prefix = f"{name}."
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = parts[name].load_state_dict(own, strict=False)
+        missing = [k for k in missing if parts[name].state_dict()[k].is_floating_point()]
+        if missing or unexpected:
+            raise ValueError(f"{packed}: {name} weights do not match the '{meta['shape']}' shape ({missing[:3]}, {unexpected[:3]})")
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder))
+    return folder
