@@ -295,9 +295,10 @@ def report(
     output: Path = typer.Option(Path("runs/report"), "--output", "-o", help="Folder for report.md and PNGs."),
     library: Path = typer.Option(Path("embeddings"), "--library", help="Shared embeddings to combine with."),
     n: int = typer.Option(16, "-n", help="Images per prompt for the fidelity figure."),
+    steps: int = typer.Option(25, "--steps", help="Sampler steps."),
 ) -> None:
     """Report on a phantom token: before/after grids, fidelity, interpolation, combination, inpainting."""
-    from lowbudget.phantoms.fidelity import INIT_WORDS
+    from lowbudget.phantoms.fidelity import INIT_WORDS, Sampling
     from lowbudget.phantoms.report import demo_report
 
     if finding not in INIT_WORDS:
@@ -305,7 +306,7 @@ def report(
     if not adapter.is_file():
         raise LowbudgetError(f"adapter '{adapter}' does not exist")
     _quiet_libraries()
-    path = demo_report(adapter, finding, output, library=library, n=n, log=_info)
+    path = demo_report(adapter, finding, output, library=library, n=n, sampling=Sampling(steps=steps), log=_info)
     _info(f"wrote {path}")
 
 

@@ -57,6 +57,11 @@ def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, 
     (["make-base", "{tmp}"], r"already exists"),
     (["phantoms", "chest", "--output", "{tmp}/p", "--finding", "tumour"], r"--finding .tumour. is not known for chest"),
     (["phantoms", "knee", "--output", "{tmp}/p"], r"phantom modality .knee. is not known"),
+    (["pretrain-base", "--output", "{tmp}/pb", "--set", "unet_stepz=3"], r"--set 'unet_stepz=3': expected KEY=VALUE with KEY one of"),
+    (["pretrain-base", "--output", "{tmp}/pb", "--set", "unet_steps=many"], r"'many' is not a number"),
+    (["benchmark", "--output", "{tmp}/b", "--sections", "fidelity,speed"], r"--sections: unknown speed"),
+    (["report", "{tmp}/none.safetensors", "--finding", "fracture"], r"--finding 'fracture' is not a phantom finding"),
+    (["report", "{tmp}/none.safetensors", "--finding", "effusion"], r"adapter '.*none.safetensors' does not exist"),
 ])
 def test_bad_inputs_give_one_line_errors(monkeypatch, capsys, tmp_path, tiny_base, mixed_folder, args, pattern):
     if any("fp16" in a for a in args):

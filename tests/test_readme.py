@@ -18,6 +18,10 @@ README = (ROOT / "README.md").read_text()
 SHORT_TRAINING = ["--max-steps", "1", "--set", "data.resolution=32", "--set", "output.validation_every=0", "--quiet"]
 SHORT_CLASSIFIER = ["--steps", "3", "--size", "32", "--width", "8", "--seeds", "0"]  # the last flag given wins
 SHORT_SAMPLING = ["--steps", "3"]
+SHORT_REPORT = ["--steps", "3", "-n", "4"]
+SHORT_BENCHMARK = ["--sections", "detectors"]  # the quick benchmark has its own test (test_benchmark.py)
+SHORT_PRETRAINING = [f"--set={k}={v}" for k, v in
+                     dict(n_images=12, vae_steps=1, unet_steps=1, vae_batch=4, unet_batch=4, warmup=1).items()]
 # the README's example box is in pixels of a 512-px SD image; the small model works at 32 px
 SCALED = {"100,300,250,450": "6,18,16,28"}
 
@@ -60,7 +64,7 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
 def test_readme_has_the_commands_we_promise():
     commands = " ".join(readme_commands())
     for verb in ("train", "inspect", "convert", "check-recipe", "phantoms", "make-base", "library add", "library verify",
-                 "generate", "compose", "inpaint",
+                 "generate", "compose", "inpaint", "report", "benchmark", "pretrain-base",
                  "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier"):
         assert f"lowbudget {verb}" in commands
     assert "make demo" in README and "make test" in README
@@ -75,6 +79,7 @@ def test_every_readme_command_runs(user_site, monkeypatch, capsys):
             args += SHORT_SAMPLING
         if args[:2] == ["evaluate", "classifier"]:
             args += SHORT_CLASSIFIER
+        args += {"report": SHORT_REPORT, "benchmark": SHORT_BENCHMARK, "pretrain-base": SHORT_PRETRAINING}.get(args[0], [])
         code, out, err = run(monkeypatch, capsys, *args)
         assert code == 0, f"{line}\n{err}"
 

@@ -7,13 +7,13 @@ ground truth of each pixel is known, and the finding masks come back with the im
 Findings (each drawn independently at the prevalence the caller asks for):
   effusion      fluid filling one lung base up to a meniscus that climbs the lateral wall
   pneumothorax  a lateral rim of one lung with no lung markings, the collapsed lung denser
-  cardiomegaly  cardiothoracic ratio 0.58-0.68 instead of 0.40-0.48
+  cardiomegaly  cardiothoracic ratio 0.56-0.62 instead of 0.40-0.48
   nodule        a round soft-edged opacity inside a lung field
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,7 +44,9 @@ class ChestLabels:
     nodule: tuple[float, float, float] | None = None  # x, y, radius in image fractions
     habitus: float = 1.0  # body width scale: < 0.97 slim, > 1.03 broad
     exposure: float = 1.0  # film darkness: < 0.95 dark, > 1.05 bright
-    extra: dict = field(default_factory=dict)
+    pacemaker: str | None = None  # side of a pacemaker box over the shoulder (named in captions)
+    ecg: bool = False  # ECG electrodes on the shoulders and lower abdomen (named in captions)
+    marker: str | None = None  # image corner of the side marker, "left" | "right" (named in captions)
 
     def findings(self) -> dict[str, int]:
         return {
@@ -59,9 +61,14 @@ def sample_chest_labels(rng: np.random.Generator, present: set[str], prevalence:
     """Labels with the findings in ``present`` and each other finding at ``prevalence``."""
     has = {f: f in present or rng.random() < prevalence for f in FINDINGS}
     labels = ChestLabels(habitus=rng.uniform(0.93, 1.07), exposure=rng.uniform(0.88, 1.12))
-    labels.ctr = rng.uniform(0.58, 0.68) if has["cardiomegaly"] else rng.uniform(0.40, 0.48)
+    # Devices and markers: visual variation the captions *do* name, so that the base learns to
+    # let words place things in the image -- as Stable Diffusion has learnt for everyday words.
+    labels.pacemaker = SIDES[rng.integers(2)] if rng.random() < 0.2 else None
+    labels.ecg = bool(rng.random() < 0.25)
+    labels.marker = ("left", "right")[rng.integers(2)] if rng.random() < 0.5 else None
+    labels.ctr = rng.uniform(0.56, 0.62) if has["cardiomegaly"] else rng.uniform(0.40, 0.48)
     if has["effusion"]:
-        labels.effusion, labels.effusion_size = SIDES[rng.integers(2)], rng.uniform(0.24, 0.33)
+        labels.effusion, labels.effusion_size = SIDES[rng.integers(2)], rng.uniform(0.27, 0.35)
     if has["pneumothorax"]:
         labels.pneumothorax, labels.pneumothorax_size = SIDES[rng.integers(2)], rng.uniform(0.30, 0.45)
     if has["nodule"]:
@@ -122,6 +129,7 @@ def render_chest(labels: ChestLabels, size: int, rng: np.random.Generator) -> tu
         d2 = ((x - nx) ** 2 + (y - ny) ** 2) / r**2
         img += 0.42 * np.exp(-1.5 * d2**2)  # round with soft edges
         masks["nodule"] = d2 < 1
+    img = _devices(img, x, y, labels)
     bias = 1 + 0.06 * smooth_noise(rng, size, 12)  # uneven exposure across the film
     img = (img * bias) ** (1 / labels.exposure)
     img = blur(img, 0.7 * size / 64) + rng.normal(0, 0.015, img.shape)
@@ -141,6 +149,20 @@ def _lung(x: np.ndarray, y: np.ndarray, side: str, s: float) -> tuple[np.ndarray
     return lung, lateral
 
 
+def _devices(img: np.ndarray, x: np.ndarray, y: np.ndarray, labels: ChestLabels) -> np.ndarray:
+    """Pacemaker, ECG electrodes and side marker, all outside the lung fields."""
+    if labels.pacemaker is not None:
+        cx = 0.5 + (0.37 if labels.pacemaker == "left" else -0.37)
+        img = np.where((np.abs(x - cx) < 0.035) & (np.abs(y - 0.2) < 0.022), 0.95, img)
+    if labels.ecg:
+        for ex, ey in ((0.08, 0.16), (0.92, 0.16), (0.22, 0.92), (0.78, 0.92)):
+            img = np.where((x - ex) ** 2 + (y - ey) ** 2 < 0.018**2, 0.9, img)
+    if labels.marker is not None:
+        mx = 0.07 if labels.marker == "left" else 0.93
+        img = np.where((np.abs(x - mx) < 0.03) & (np.abs(y - 0.06) < 0.03), 0.85, img)
+    return img
+
+
 def _ribs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     curve = 0.35 * (x - 0.5) ** 2
     phase = (y - 0.18 - curve) / 0.075
@@ -155,5 +177,5 @@ def _clavicles(x: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
 def _heart(x: np.ndarray, y: np.ndarray, width: float) -> np.ndarray:
     """Heart shadow: a third of its width right of the midline (patient's), two thirds left."""
     cx = 0.5 + width * (2 / 3 - 1 / 2)
-    hh = 0.09 + 0.25 * width
+    hh = 0.08 + 0.2 * width
     return ((x - cx) / (width / 2)) ** 2 + ((y - HEART_CY) / hh) ** 2 < 1

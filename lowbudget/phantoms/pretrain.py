@@ -37,11 +37,11 @@ class PretrainConfig:
     n_images: int = 8000
     chest_fraction: float = 0.6  # the rest are prostate MRI
     prevalence: float = 0.1  # of every finding, independently
-    vae_steps: int = 1200
+    vae_steps: int = 900
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 4500
+    unet_steps: int = 3500
     unet_batch: int = 32
     unet_lr: float = 4e-4
     text_lr: float = 2e-4

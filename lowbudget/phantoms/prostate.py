@@ -29,17 +29,21 @@ class ProstateLabels:
     lesion_radius: float = 0.0
     gland: float = 1.0  # gland scale: < 0.95 small, > 1.1 enlarged
     bladder: bool = False  # the slice catches the bladder base anteriorly
+    rectal_fluid: bool = False  # fluid instead of air in the rectum (named in captions)
+    prosthesis: str | None = None  # side of a hip prosthesis: a signal void (named in captions)
 
     def findings(self) -> dict[str, int]:
         return {"lesion": int(self.lesion is not None)}
 
 
 def sample_prostate_labels(rng: np.random.Generator, present: set[str], prevalence: float = 0.0) -> ProstateLabels:
-    labels = ProstateLabels(gland=rng.uniform(0.85, 1.2), bladder=bool(rng.random() < 0.5))
+    labels = ProstateLabels(gland=rng.uniform(0.85, 1.2), bladder=bool(rng.random() < 0.5),
+                            rectal_fluid=bool(rng.random() < 0.3))
+    labels.prosthesis = ("right", "left")[rng.integers(2)] if rng.random() < 0.15 else None
     if "lesion" in present or rng.random() < prevalence:
         labels.lesion = ("right", "left")[rng.integers(2)]
         labels.lesion_angle = rng.uniform(0.35, 1.1)
-        labels.lesion_radius = rng.uniform(0.04, 0.055)
+        labels.lesion_radius = rng.uniform(0.045, 0.06)
     return labels
 
 
@@ -66,17 +70,17 @@ def render_prostate(labels: ProstateLabels, size: int, rng: np.random.Generator)
     body = _ellipse(x, y, (0.5, 0.52), (0.47, 0.37))
     img[body < 1] = 0.68  # subcutaneous fat
     img[body < 0.72] = 0.30  # gluteal and pelvic floor muscle
-    for sx in (0.26, 0.74):  # femoral heads / acetabula: dark cortex, intermediate marrow
+    for side, sx in (("right", 0.26), ("left", 0.74)):  # femoral heads: dark cortex, intermediate marrow
         bone = _ellipse(x, y, (sx, 0.50), (0.085, 0.10))
         img[bone < 1] = 0.08
-        img[bone < 0.7] = 0.45
+        img[bone < 0.7] = 0.02 if labels.prosthesis == side else 0.45  # metal: a signal void
     img[_ellipse(x, y, (0.5, 0.35), (0.15, 0.05)) < 1] = 0.12  # pubic symphysis region
     if labels.bladder:
         img[_ellipse(x, y, (0.5, 0.30), (0.13, 0.07)) < 1] = 0.92
     img[_ellipse(x, y, (0.5, 0.53), (0.23 * g, 0.17 * g)) < 1] = 0.55  # periprostatic fat
     rectum = _ellipse(x, y, (0.5, 0.70 + 0.06 * (g - 1)), (0.085, 0.06))
     img[rectum < 1] = 0.22
-    img[rectum < 0.4] = 0.05  # air in the lumen
+    img[rectum < 0.4] = 0.85 if labels.rectal_fluid else 0.05  # fluid or air in the lumen
     gland = _ellipse(x, y, GLAND_CENTER, (GLAND_RADII[0] * g, GLAND_RADII[1] * g))
     img[gland < 1.12] = 0.18  # capsule
     pz = pz_mask(x, y, g)
@@ -90,7 +94,7 @@ def render_prostate(labels: ProstateLabels, size: int, rng: np.random.Generator)
     if labels.lesion is not None:
         cx, cy = lesion_center(labels)
         d2 = _ellipse(x, y, (cx, cy), (labels.lesion_radius, labels.lesion_radius * 0.8))
-        img -= 0.45 * np.exp(-1.5 * d2**2) * (gland < 1.05)
+        img -= 0.5 * np.exp(-1.5 * d2**2) * (gland < 1.05)
         masks["lesion"] = (d2 < 1) & pz
     img *= 1 + 0.08 * smooth_noise(rng, size, 14)  # coil sensitivity
     img = blur(img, 0.5 * size / 64)

@@ -42,6 +42,12 @@ def _chest_caption(labels: chest.ChestLabels) -> str:
         words.append(", dark film")
     elif labels.exposure > 1.05:
         words.append(", bright film")
+    if labels.pacemaker:
+        words.append(f", {labels.pacemaker} pacemaker")
+    if labels.ecg:
+        words.append(", ecg leads")
+    if labels.marker:
+        words.append(f", marker top {labels.marker}")
     return " ".join(words).replace(" ,", ",")
 
 
@@ -53,6 +59,10 @@ def _prostate_caption(labels: prostate.ProstateLabels) -> str:
         words.append("of a large gland")
     if labels.bladder:
         words.append(", bladder base")
+    if labels.rectal_fluid:
+        words.append(", filled rectum")
+    if labels.prosthesis:
+        words.append(f", {labels.prosthesis} hip prosthesis")
     return " ".join(words).replace(" ,", ",")
 
 

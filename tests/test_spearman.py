@@ -1,0 +1,16 @@
+import numpy as np
+
+from lowbudget.phantoms.compose_check import spearman
+
+
+def test_spearman_matches_pearson_of_ranks_with_ties():
+    x = np.array([0, 0.25, 0.5, 0.75, 1.0])
+    assert spearman(x, x**3) == 1.0
+    assert spearman(x, -x) == -1.0
+    assert spearman(x, np.array([1, 1, 1, 1, 1.0])) == 0.0
+    # one adjacent swap of five: 1 - 6 * 2 / (5 * 24) = 0.9
+    assert abs(spearman(x, np.array([0.1, 0.0, 0.2, 0.3, 0.4])) - 0.9) < 1e-12
+    # ties share their mean rank: ranks of y are [0.5, 0.5, 2, 3, 4]
+    y = np.array([1.0, 1.0, 2.0, 3.0, 4.0])
+    r = np.corrcoef(np.arange(5), [0.5, 0.5, 2, 3, 4])[0, 1]
+    assert abs(spearman(x, y) - r) < 1e-12
