@@ -196,6 +196,9 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay, LoRA matrices only (token vectors never decay).", 0.0)
     max_grad_norm: float = _help("Gradient clipping norm (0 = off).", 1.0)
     seed: int = _help("Seed of every random draw of the run (data order, noise, timesteps).", 0)
+    min_timestep: int = _help(
+        "Train on diffusion timesteps >= this only (0 = all). High-noise steps decide global structure, such as "
+        "whether a finding is there at all; fine detail is learnt at low noise.", 0)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):

@@ -32,8 +32,13 @@ def mixed_folder(tmp_path_factory) -> Path:
     """8 chest phantoms cycling 8-bit PNG, 16-bit PNG and DICOM (MONOCHROME1 and 2)."""
     from lowbudget.phantoms import write_chest_phantoms
 
+    import json
+
     folder = tmp_path_factory.mktemp("data") / "mixed"
     write_chest_phantoms(folder, n=8, size=48, fmt="mixed", seed=1)
+    # Short captions, as a user's folder might have: the 64-vector recipes must fit in 77 tokens.
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "a chest x-ray"}) + "\n" for r in rows))
     return folder
 
 

@@ -62,6 +62,7 @@ class TokenSpec:
     batch_size: int = 8
     lr_ti: float = 2e-2
     lr_lora: float = 1e-3
+    min_timestep: int = 0
     seed: int = 0
     data_seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -81,7 +82,7 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
         model=ModelConfig(base=base),
         method=MethodConfig(kind=spec.method, tokens=tokens),
         optim=OptimConfig(max_steps=spec.steps, batch_size=spec.batch_size, lr_ti=spec.lr_ti, lr_lora=spec.lr_lora,
-                          seed=spec.seed),
+                          min_timestep=spec.min_timestep, seed=spec.seed),
         output=OutputConfig(dir=str(output), checkpoint_every=0, description=f"{spec.finding} on {modality} phantoms",
                             license="CC0-1.0"),
     )

@@ -111,6 +111,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     condition = TextConditioner(text_encoder, frozen=not text_trains)
     scheduler = base.noise_scheduler()
     n_train_timesteps = scheduler.config.num_train_timesteps
+    if not 0 <= optim.min_timestep < n_train_timesteps:
+        raise TrainingError(f"optim.min_timestep = {optim.min_timestep} must be in [0, {n_train_timesteps - 1}] for this scheduler")
 
     # --- resume
     start_step, losses = 0, []
@@ -144,7 +146,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
             idx = order.batch(step * optim.grad_accum + micro, accelerator.process_index)  # (B,)
             x0 = latents.sample(idx, gen) * scaling  # (B, 4, h, w)
             noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, n_train_timesteps, (len(idx),), generator=gen).to(device)
+            t = torch.randint(optim.min_timestep, n_train_timesteps, (len(idx),), generator=gen).to(device)
             x_t = scheduler.add_noise(x0, noise, t)
             target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
             texts = [captioner.text(int(i), rng) for i in idx]
