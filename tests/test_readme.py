@@ -56,6 +56,7 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
     work = tmp_path / "work"
     work.mkdir()
     (work / "recipes").symlink_to(ROOT / "recipes")
+    (work / "embeddings").symlink_to(ROOT / "embeddings")
     monkeypatch.chdir(work)
     return {"/models/sd15": str(base), "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
             "/data/cxr-by-class": str(tmp_path / "cxr-by-class"), "/data/synthetic-by-class": str(tmp_path / "synthetic-by-class")}
