@@ -78,14 +78,6 @@ def sample_chest_labels(rng: np.random.Generator, present: set[str], prevalence:
     return labels
 
 
-def chest_phantom(size: int, rng: np.random.Generator, labels: ChestLabels | None = None,
-                  *, effusion_side: str | None = None) -> np.ndarray:
-    """One (size, size) float32 image in [0, 1] (labels default to a healthy chest)."""
-    if labels is None:
-        labels = ChestLabels(effusion=effusion_side, effusion_size=0.32 if effusion_side else 0.0)
-    return render_chest(labels, size, rng)[0]
-
-
 def render_chest(labels: ChestLabels, size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draw ``labels``; returns the image and a boolean mask per finding present."""
     x, y = grid(size)
