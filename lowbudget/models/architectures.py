@@ -208,14 +208,14 @@ def build_components(shape: Shape, *, seed: int = 0, text_width: int | None = No
 
 def write_base_folder(path: str | Path, shape: Shape | str = "tiny", *, seed: int = 0, **kwargs: Any) -> Path:
     """Write a diffusers ``StableDiffusionPipeline`` folder with random weights."""
+    shape = get_shape(shape) if isinstance(shape, str) else shape
+    return save_components(build_components(shape, seed=seed, **kwargs), path)
+
+
+def save_components(parts: dict[str, Any], path: str | Path) -> Path:
+    """Save the five components as a diffusers ``StableDiffusionPipeline`` folder (no safety checker)."""
     from diffusers import StableDiffusionPipeline
 
-    shape = get_shape(shape) if isinstance(shape, str) else shape
-    pipe = StableDiffusionPipeline(
-        **build_components(shape, seed=seed, **kwargs),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(path))
     return Path(path)

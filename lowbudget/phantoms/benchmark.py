@@ -83,7 +83,7 @@ def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ..
     return output / "results.md"
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
            ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
@@ -99,7 +99,7 @@ def _detectors(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict
         data[finding] = {"auc": auc, "threshold": cut}
         rows.append([finding, modality, auc, round(cut, 4), f"{time.perf_counter() - t0:.1f} s"])
         log(f"  detector {finding}: AUC {auc:.4f}")
-    return _table(["finding", "modality", "AUC", "threshold", "time"], rows), data
+    return markdown_table(["finding", "modality", "AUC", "threshold", "time"], rows), data
 
 
 def _base(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -109,13 +109,13 @@ def _base(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
     for name, mod in MODALITIES.items():
         t0 = time.perf_counter()
         images = generate_gray(pipe, mod.plain_prompt, seeds, cfg.sampling)
-        _save_strip(images[:8], output / f"base-{name}.png")
+        save_strip(images[:8], output / f"base-{name}.png")
         rates = {f: detection_rate(f, images) for f in mod.findings}
         data[name] = {"recognised": recognised_rate(name, images), "finding_rates": rates}
         rows.append([name, f'"{mod.plain_prompt}"', data[name]["recognised"],
                      ", ".join(f"{f} {r:.2f}" for f, r in rates.items()), f"{time.perf_counter() - t0:.1f} s"])
     header = ["modality", "prompt", "anatomy recognised", "detector rates (pretraining prevalence 0.10 each)", "time"]
-    return _table(header, rows) + ["", "Sample strips: `base-chest.png`, `base-prostate.png`."], data
+    return markdown_table(header, rows) + ["", "Sample strips: `base-chest.png`, `base-prostate.png`."], data
 
 
 def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -127,7 +127,7 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
         trained = time.perf_counter() - t0
         fid = fidelity(spec, files, n=cfg.n_eval, sampling=cfg.sampling)
         rates = fid["rates"] | {"training_images": training_rate(spec)}
-        _save_strip(fid["images"]["token"][:8], output / f"fidelity-{finding}.png")
+        save_strip(fid["images"]["token"][:8], output / f"fidelity-{finding}.png")
         data[finding] = {"rates": rates, "files": [str(p) for p in files], "train_seconds": round(trained, 1)}
         rows.append([finding, rates["token"], rates["init"], rates["plain"], rates["training_images"],
                      f"{trained:.0f} + {time.perf_counter() - t0 - trained:.0f} s"])
@@ -135,7 +135,7 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
     header = ["finding", "with token", "initializer word alone", "plain prompt", "training images", "time (train + sample)"]
     notes = [f"{cfg.n_eval} images per prompt; TI, {cfg.token.n_vectors} vectors, {cfg.token.n_images} images, "
              f"{cfg.token.steps} steps; targets: >= 0.80 with token, <= 0.20 without."]
-    return _table(header, rows) + [""] + notes, data
+    return markdown_table(header, rows) + [""] + notes, data
 
 
 def _sweep(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -152,7 +152,7 @@ def _sweep(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
             log(f"  {n_vectors} vectors x {n_images} images: {rate:.2f}")
         rows.append(row)
     header = ["vectors \\ images", *map(str, cfg.sweep_images)]
-    return _table(header, rows) + ["", f"{finding} detector rate with the token, {cfg.sweep_eval} images per cell."], data
+    return markdown_table(header, rows) + ["", f"{finding} detector rate with the token, {cfg.sweep_eval} images per cell."], data
 
 
 def _downstream(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -183,7 +183,7 @@ def _downstream(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dic
              f"seeds {list(cfg.downstream_seeds)}. The paper: 0.780 -> 0.803 (200 real + 2000 synthetic), 0.766 synthetic only."]
     data = {k: {"n_train": v["n_train"], "auc_mean": v["auc_mean"], "auc_std": v["auc_std"], "aucs": v["aucs"]}
             for k, v in result["settings"].items()}
-    return _table(["training set", "images", "test AUC (mean ± std)"], rows) + notes, data
+    return markdown_table(["training set", "images", "test AUC (mean ± std)"], rows) + notes, data
 
 
 def _diversity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -202,7 +202,7 @@ def _diversity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict
     result = diversity(gen, real, size=64)
     rows = [["generated (token prompt)", result["ms_ssim_mean"], result["ms_ssim_std"], result["n_groups"]],
             ["real phantoms", result["reference_ms_ssim_mean"], result["reference_ms_ssim_std"], result["reference_groups"]]]
-    return _table(["set", "MS-SSIM mean", "std", "groups of 4"], rows) + ["", "Lower = more diverse."], \
+    return markdown_table(["set", "MS-SSIM mean", "std", "groups of 4"], rows) + ["", "Lower = more diverse."], \
         {k: v for k, v in result.items() if k != "group_scores"}
 
 
@@ -219,7 +219,7 @@ def _methods(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
         rows.append([method, rates["token"], rates["plain"], f"{size / 1024:.0f} KiB", f"{time.perf_counter() - t0:.0f} s"])
         log(f"  {method}: {rates['token']:.2f}")
     header = ["method", "finding rate (adapter)", "plain prompt, no adapter", "file size", "time (train + sample)"]
-    return _table(header, rows) + ["", f"{cfg.sweep_finding}; LoRA rows use the plain prompt (LoRA has no token)."], data
+    return markdown_table(header, rows) + ["", f"{cfg.sweep_finding}; LoRA rows use the plain prompt (LoRA has no token)."], data
 
 
 def _compose(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -248,7 +248,7 @@ def _save_pngs(images: np.ndarray, folder: Path) -> None:
         save_png(to_pil(im), folder / f"{i:04d}.png")
 
 
-def _save_strip(images: np.ndarray, path: Path) -> None:
+def save_strip(images: np.ndarray, path: Path) -> None:
     from lowbudget.viz import image_grid, save_png, to_pil
 
     save_png(image_grid([[to_pil(im) for im in images]]), path)

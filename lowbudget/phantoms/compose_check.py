@@ -101,7 +101,7 @@ def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 
 
 
 def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
-    from lowbudget.phantoms.benchmark import _save_strip, _table
+    from lowbudget.phantoms.benchmark import save_strip, markdown_table
 
     runs = output / "runs"
     files = [*train_finding(replace(cfg.token, finding="effusion"), runs / "effusion"),
@@ -111,12 +111,12 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     seeds = list(range(70_000, 70_000 + cfg.compose_seeds))
     interp = interpolation_check(pipe, cfg.sampling, seeds)
     for method, r in interp.items():
-        _save_strip(r.pop("strip")[0], output / f"interpolation-{method}.png")
+        save_strip(r.pop("strip")[0], output / f"interpolation-{method}.png")
         log(f"  interpolation {method}: mean Spearman rho {r['rho_mean']:.3f}")
     comb = combination_check(pipe, cfg.sampling, list(range(71_000, 71_000 + 2 * cfg.compose_seeds)))
-    _save_strip(comb.pop("images")[:8], output / "combination.png")
+    save_strip(comb.pop("images")[:8], output / "combination.png")
     inp = inpainting_check(pipe, cfg.sampling, list(range(72_000, 72_000 + 2 * cfg.compose_seeds)))
-    _save_strip(np.concatenate([inp.pop("originals")[:4], inp.pop("images")[:4]]), output / "inpainting.png")
+    save_strip(np.concatenate([inp.pop("originals")[:4], inp.pop("images")[:4]]), output / "inpainting.png")
     log(f"  combination both {comb['both']:.2f}; inpainting {inp['detected_in_mask']:.2f}, "
         f"{inp['pixels_changed_outside']} pixels changed outside")
     rows = [[f"interpolation, {m}", f"mean Spearman rho {r['rho_mean']:.3f} over {len(seeds)} seeds", ">= 0.9"]
@@ -127,4 +127,4 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     rows.append(["inpainting <effusion>, box on the right lower lung",
                  f"detected in mask {inp['detected_in_mask']:.2f}; {inp['pixels_changed_outside']} pixels changed "
                  "outside the feathered box (paste-back)", ">= 0.80; 0"])
-    return _table(["check", "result", "target"], rows), {"interpolation": interp, "combination": comb, "inpainting": inp}
+    return markdown_table(["check", "result", "target"], rows), {"interpolation": interp, "combination": comb, "inpainting": inp}

@@ -9,7 +9,7 @@ modality prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +65,6 @@ class TokenSpec:
     min_timestep: int = 0
     seed: int = 0
     data_seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:

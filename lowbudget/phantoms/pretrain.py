@@ -201,11 +201,11 @@ def _load_state(output: Path) -> dict:
 
 
 def _write_outputs(parts: dict, output: Path, cfg: PretrainConfig) -> Path:
-    from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
 
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(output / "base"))
+    from lowbudget.models.architectures import save_components
+
+    save_components(parts, output / "base")
     tensors = {f"{name}.{k}": v.detach().to(torch.float16).contiguous()
                for name in ("unet", "vae", "text_encoder") for k, v in parts[name].state_dict().items()
                if v.is_floating_point()}
@@ -216,10 +216,9 @@ def _write_outputs(parts: dict, output: Path, cfg: PretrainConfig) -> Path:
 
 def unpack_base(packed: Path, folder: Path) -> Path:
     """Expand a packed fp16 base into an fp32 diffusers folder (what the embedded default does)."""
-    from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
 
-    from lowbudget.models.architectures import get_shape, build_components
+    from lowbudget.models.architectures import build_components, get_shape, save_components
 
     with safe_open(str(packed), framework="pt") as fh:
         meta = fh.metadata()
@@ -233,6 +232,4 @@ def unpack_base(packed: Path, folder: Path) -> Path:
         missing = [k for k in missing if parts[name].state_dict()[k].is_floating_point()]
         if missing or unexpected:
             raise ValueError(f"{packed}: {name} weights do not match the '{meta['shape']}' shape ({missing[:3]}, {unexpected[:3]})")
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(folder))
-    return folder
+    return save_components(parts, folder)

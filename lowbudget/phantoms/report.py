@@ -19,7 +19,7 @@ from lowbudget.phantoms.fidelity import Sampling, detection_rate, generate_gray,
 def demo_report(adapter: Path, finding: str, output: Path, *, library: Path | None = None, n: int = 16,
                 sampling: Sampling | None = None, log: Callable[[str], None] = print) -> Path:
     """Write ``output/report.md`` for ``adapter`` (a token trained on ``finding``); returns its path."""
-    from lowbudget.phantoms.benchmark import _save_strip
+    from lowbudget.phantoms.benchmark import save_strip
     from lowbudget.phantoms.fidelity import open_with
     from lowbudget.viz import bar_chart, save_png
 
@@ -30,8 +30,8 @@ def demo_report(adapter: Path, finding: str, output: Path, *, library: Path | No
     seeds = list(range(n))
     images = {what: generate_gray(pipe, p, seeds, sampling) for what, p in prompts(finding).items()}
     rates = {what: detection_rate(finding, im) for what, im in images.items()}
-    _save_strip(images["plain"][:8], output / "before.png")
-    _save_strip(images["token"][:8], output / "after.png")
+    save_strip(images["plain"][:8], output / "before.png")
+    save_strip(images["token"][:8], output / "after.png")
     labels = {"token": "with token", "init": "initializer word", "plain": "plain prompt"}
     save_png(bar_chart([labels[k] for k in rates], list(rates.values()), title=f"{finding} detector rate, {n} images"),
              output / "fidelity.png")
@@ -46,7 +46,7 @@ def demo_report(adapter: Path, finding: str, output: Path, *, library: Path | No
 
 
 def _interpolation(pipe, finding: str, sampling: Sampling, output: Path) -> list[str]:
-    from lowbudget.phantoms.benchmark import _save_strip
+    from lowbudget.phantoms.benchmark import save_strip
     from lowbudget.phantoms.detectors import DETECTORS
     from lowbudget.sampling.compose import interpolation
     from lowbudget.sampling.sampler import SampleRequest
@@ -56,7 +56,7 @@ def _interpolation(pipe, finding: str, sampling: Sampling, output: Path) -> list
     weights, images, _ = interpolation(pipe, plain, prompts(finding)["token"], steps=6, method="and", template="{}",
                                        request=req)
     strip = images[0].mean(dim=1).cpu().numpy()  # (K, H, W)
-    _save_strip(strip, output / "interpolation.png")
+    save_strip(strip, output / "interpolation.png")
     detect = DETECTORS[modality_of(finding)][finding]
     scores = ", ".join(f"{w:.1f}: {detect(im):.3f}" for w, im in zip(weights, strip))
     return ["## Interpolation (prompt-level, plain -> token)", "", "![interpolation](interpolation.png)", "",
@@ -67,7 +67,7 @@ def _combination(pipe, finding: str, library: Path | None, sampling: Sampling, o
     """Combine with another finding of the same modality from the shared library, if it has one."""
     import lowbudget
     from lowbudget.library import read_index
-    from lowbudget.phantoms.benchmark import _save_strip
+    from lowbudget.phantoms.benchmark import save_strip
     from lowbudget.phantoms.detectors import flagged
 
     modality = modality_of(finding)
@@ -82,7 +82,7 @@ def _combination(pipe, finding: str, library: Path | None, sampling: Sampling, o
     prompt = f"{plain} with <{finding}> :1 AND {plain} with {other.token} :1"
     images = generate_gray(pipe, prompt, list(range(100, 116)), sampling)
     both = (flagged(modality, finding, images) & flagged(modality, other_finding, images)).mean()
-    _save_strip(images[:8], output / "combination.png")
+    save_strip(images[:8], output / "combination.png")
     return ["## Combination", "", f"`{prompt}`", "", "![combination](combination.png)", "",
             f"Both findings detected in {both:.2f} of {len(images)} images.", ""]
 
@@ -90,11 +90,11 @@ def _combination(pipe, finding: str, library: Path | None, sampling: Sampling, o
 def _inpainting(pipe, finding: str, sampling: Sampling, output: Path) -> list[str]:
     if finding != "effusion":
         return []
-    from lowbudget.phantoms.benchmark import _save_strip
+    from lowbudget.phantoms.benchmark import save_strip
     from lowbudget.phantoms.compose_check import inpainting_check
 
     result = inpainting_check(pipe, sampling, list(range(200, 208)))
-    _save_strip(np.concatenate([result["originals"][:4], result["images"][:4]]), output / "inpainting.png")
+    save_strip(np.concatenate([result["originals"][:4], result["images"][:4]]), output / "inpainting.png")
     return ["## Inpainting (box over the right lower lung, paste-back)", "", "![inpainting](inpainting.png)", "",
             f"Effusion detected inside the box in {result['detected_in_mask']:.2f} of 8 images; "
             f"{result['pixels_changed_outside']} pixels changed outside the feathered box.", ""]

@@ -112,8 +112,6 @@ def generate(modality: str, finding: str = "none", *, n: int, size: int = 64, se
 def _flat_labels(labels: Any) -> dict[str, Any]:
     flat = dict(labels.findings())
     for key, value in vars(labels).items():
-        if key == "extra":
-            continue
         if isinstance(value, tuple):
             value = ";".join(f"{v:.4f}" for v in value)
         elif isinstance(value, float):
