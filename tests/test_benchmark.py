@@ -27,9 +27,8 @@ def test_plain_prompts_give_recognisable_phantoms():
 
 def test_quick_benchmark_measures_fidelity_with_the_real_pipeline(tmp_path):
     """The quick benchmark end to end: train a token with lowbudget's loop, sample with its
-    sampler, count detector hits. The issue's targets (>= 0.80 with the token, <= 0.20
-    without) are not met by the current base -- see PHANTOM_RESULTS.md -- so this checks
-    what must hold for the figures to mean anything, not the targets."""
+    sampler, count detector hits -- and the issue's targets for effusion: >= 0.80 of images
+    with the token, <= 0.20 with its initializer word alone or the plain prompt."""
     from lowbudget.phantoms.benchmark import BenchmarkConfig, run_benchmark
 
     report = run_benchmark(tmp_path, BenchmarkConfig.quick(), log=lambda s: None)
@@ -38,7 +37,8 @@ def test_quick_benchmark_measures_fidelity_with_the_real_pipeline(tmp_path):
     rates = results["fidelity"]["effusion"]["rates"]
     assert rates["training_images"] >= 0.9  # the detector sees the finding in what the token learnt from
     assert rates["recognised"] >= 0.9  # the token keeps the anatomy
-    assert all(0.0 <= rates[k] <= 1.0 for k in ("token", "init", "plain"))
+    assert rates["token"] >= 0.8, rates
+    assert rates["init"] <= 0.2 and rates["plain"] <= 0.2, rates
     assert "| effusion |" in report.read_text()
     assert (tmp_path / "runs" / "effusion" / "effusion.safetensors").stat().st_size < 1024 * 1024
 
@@ -51,18 +51,22 @@ def shared_pipe():
     return open_with(files)
 
 
-def test_sampling_checks_run_and_paste_back_keeps_every_outside_pixel(shared_pipe):
-    """Issue #5's checks on the shared embeddings at reduced size. Their targets (rho >= 0.9,
-    >= 0.70 both findings, >= 0.80 inpainted) are not met yet; the figures are reported by
-    `lowbudget benchmark --sections compose`. What must hold already: every rate is a rate,
-    and paste-back changes no pixel outside the feathered box."""
+def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
+    """Issue #5's acceptance on the shared embeddings, fewer seeds than the benchmark
+    (`lowbudget benchmark --sections compose`): interpolation monotone for the prompt-level
+    method and slerp (mean Spearman rho >= 0.9), both findings in >= 70% of combined images, the effusion
+    inpainted into the box in >= 80%, and no pixel outside the feathered box changed."""
     from lowbudget.phantoms.compose_check import combination_check, inpainting_check, interpolation_check
 
-    small = Sampling(steps=10)
-    interp = interpolation_check(shared_pipe, small, [0, 1], weights=3)
-    assert set(interp) == {"and", "lerp", "slerp"} and all(-1 <= r["rho_mean"] <= 1 for r in interp.values())
-    assert 0 <= combination_check(shared_pipe, small, [0, 1])["both"] <= 1
-    inpainted = inpainting_check(shared_pipe, small, [0, 1, 2])
+    interp = interpolation_check(shared_pipe, Sampling(), [0, 1, 2], weights=4)
+    rhos = {method: r["rho_mean"] for method, r in interp.items()}
+    assert set(rhos) == {"and", "lerp", "slerp"}
+    # lerp is not asserted: 0.862 over the benchmark's 8 seeds, below the target (PHANTOM_RESULTS.md)
+    assert rhos["and"] >= 0.9 and rhos["slerp"] >= 0.9, rhos
+    combined = combination_check(shared_pipe, Sampling(), [0, 1, 2, 3, 4])
+    assert combined["both"] >= 0.7, combined
+    inpainted = inpainting_check(shared_pipe, Sampling(), [0, 1, 2, 3, 4])
+    assert inpainted["detected_in_mask"] >= 0.8
     assert inpainted["pixels_changed_outside"] == 0
     changed_inside = np.abs(inpainted["images"] - inpainted["originals"]).max()
     assert changed_inside > 0.05  # and the box was repainted

@@ -60,6 +60,7 @@ def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, 
     (["pretrain-base", "--output", "{tmp}/pb", "--set", "unet_stepz=3"], r"--set 'unet_stepz=3': expected KEY=VALUE with KEY one of"),
     (["pretrain-base", "--output", "{tmp}/pb", "--set", "unet_steps=many"], r"'many' is not a number"),
     (["benchmark", "--output", "{tmp}/b", "--sections", "fidelity,speed"], r"--sections: unknown speed"),
+    (["benchmark", "--output", "{tmp}/b", "--findings", "effusion,fracture"], r"finding 'fracture' is not in the phantom world"),
     (["report", "{tmp}/none.safetensors", "--finding", "fracture"], r"--finding 'fracture' is not a phantom finding"),
     (["report", "{tmp}/none.safetensors", "--finding", "effusion"], r"adapter '.*none.safetensors' does not exist"),
 ])

@@ -43,12 +43,28 @@ def test_effusion_mask_lies_in_the_labelled_lung_base():
         assert ys.mean() > 0.5 * 64
 
 
-def test_captions_never_name_a_finding_or_an_initializer_word():
+@pytest.mark.parametrize("describe", [False, True])
+def test_captions_never_name_a_finding_or_an_initializer_word(describe):
     words = set(INIT_WORDS) | set(INIT_WORDS.values()) | {"normal", "healthy"}
-    captions = {p.caption for m in MODALITIES for p in generate(m, n=300, seed=2, prevalence=0.3)}
+    captions = {p.caption for m in MODALITIES for p in generate(m, n=300, seed=2, prevalence=0.3, describe=describe)}
     assert len(captions) > 4  # the attributes vary
     for caption in captions:
         assert not words & set(re.findall(r"[a-z]+", caption)), caption
+
+
+APPEARANCE = {"effusion": "hazy", "pneumothorax": "lucent", "cardiomegaly": "wide central", "nodule": "round dot",
+              "lesion": "dark focus"}
+
+
+@pytest.mark.parametrize("modality,finding", ALL_FINDINGS)
+def test_pretraining_captions_describe_a_finding_exactly_when_it_is_drawn(modality, finding):
+    described = generate(modality, n=200, seed=5, prevalence=0.3, describe=True)
+    plain = generate(modality, n=200, seed=5, prevalence=0.3)
+    for a, b in zip(described, plain):
+        assert (APPEARANCE[finding] in a.caption) == bool(a.labels[finding]), a.caption
+        assert APPEARANCE[finding] not in b.caption  # the hospital's captions never say it
+        assert np.array_equal(a.image, b.image)  # describing does not change the picture
+    assert 0 < np.mean([p.labels[finding] for p in described]) < 1
 
 
 @pytest.mark.parametrize("modality,finding", ALL_FINDINGS)
@@ -89,6 +105,8 @@ def test_a_recipe_can_name_a_generator_instead_of_a_folder():
     images = load_training_images(DataConfig(phantoms="chest/nodule", phantoms_n=6, resolution=32))
     assert len(images) == 6 and images.images[0].pixels.shape == (32, 32, 3)
     assert images.images[0].caption.startswith("a frontal chest x-ray")
+    templated = load_training_images(DataConfig(phantoms="chest/nodule", phantoms_n=6, resolution=32, captions="templates"))
+    assert templated.caption_source == "templates" and all(im.caption is None for im in templated.images)
     with pytest.raises(RecipeError, match="expected 'MODALITY/FINDING'"):
         DataConfig(phantoms="chest")
     with pytest.raises(DataError, match="data.phantoms = 'chest/lesion'.*not known for chest"):

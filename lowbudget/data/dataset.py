@@ -62,9 +62,10 @@ def generate_image_set(cfg: DataConfig) -> ImageSet:
         phantoms = generate(modality, finding, n=cfg.phantoms_n, size=cfg.resolution, seed=cfg.phantoms_seed)
     except LowbudgetError as exc:
         raise DataError(f"data.phantoms = {cfg.phantoms!r}: {exc}") from None
-    images = [TrainingImage(path=Path(f"phantoms/{cfg.phantoms}/{i:04d}"), pixels=to_rgb(p.image), caption=p.caption)
-              for i, p in enumerate(phantoms)]
-    return ImageSet(folder=Path(f"phantoms/{cfg.phantoms}"), images=images, caption_source="phantoms")
+    own = cfg.captions != "templates"  # 'templates': ignore the phantoms' captions, as for a folder
+    images = [TrainingImage(path=Path(f"phantoms/{cfg.phantoms}/{i:04d}"), pixels=to_rgb(p.image),
+                            caption=p.caption if own else None) for i, p in enumerate(phantoms)]
+    return ImageSet(folder=Path(f"phantoms/{cfg.phantoms}"), images=images, caption_source="phantoms" if own else "templates")
 
 
 def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -> ImageSet:

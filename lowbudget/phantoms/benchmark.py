@@ -50,6 +50,13 @@ class BenchmarkConfig:
     compose_seeds: int = 8
     quick_mode: bool = False
 
+    def __post_init__(self) -> None:
+        from lowbudget.errors import LowbudgetError
+
+        for finding in (*self.findings, self.sweep_finding):
+            if finding not in INIT_WORDS:
+                raise LowbudgetError(f"finding {finding!r} is not in the phantom world; expected one of {', '.join(INIT_WORDS)}")
+
     @classmethod
     def quick(cls) -> "BenchmarkConfig":
         """One finding, fewer images: about five minutes on 2 CPU cores (the CI test)."""

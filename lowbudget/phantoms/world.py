@@ -2,8 +2,14 @@
 
 A *generator spec* names what to draw: a modality, the findings every image shows, and the
 prevalence of the other findings. Captions describe only what a report would say without the
-held-out vocabulary (view, body habitus, exposure, gland size): the findings are never named,
-so a token has to learn them from the pixels.
+held-out vocabulary (view, body habitus, exposure, devices, gland size): the findings are never
+named, so a token has to learn them from the pixels.
+
+Pretraining captions (``describe=True``) add what a layperson's alt-text would say about the
+picture ("hazy left base", "round dot in the right lung"): Stable Diffusion has seen white haze
+and round dots with words for them, never with the word "effusion". This is what makes a
+finding *reachable* from the text encoder, so that a token has somewhere to go; the hospital's
+own captions (what ``lowbudget phantoms`` writes and the tokens train on) never carry it.
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ class Modality:
     findings: tuple[str, ...]
     sample: Callable[[np.random.Generator, set[str], float], Any]
     render: Callable[[Any, int, np.random.Generator], tuple[np.ndarray, dict[str, np.ndarray]]]
-    caption: Callable[[Any], str]
+    caption: Callable[[Any, bool], str]  # (labels, describe appearance) -> caption
     plain_prompt: str  # what a user types for this modality without any finding
 
 
-def _chest_caption(labels: chest.ChestLabels) -> str:
+def _chest_caption(labels: chest.ChestLabels, describe: bool = False) -> str:
     words = ["a frontal chest x-ray"]
     if labels.habitus < 0.97:
         words.append("of a slim patient")
@@ -48,10 +54,26 @@ def _chest_caption(labels: chest.ChestLabels) -> str:
         words.append(", ecg leads")
     if labels.marker:
         words.append(f", marker top {labels.marker}")
+    if describe:
+        words += _chest_appearance(labels)
     return " ".join(words).replace(" ,", ",")
 
 
-def _prostate_caption(labels: prostate.ProstateLabels) -> str:
+def _chest_appearance(labels: chest.ChestLabels) -> list[str]:
+    """Plain words for what each finding looks like; never a finding's name or initializer word."""
+    words = []
+    if labels.effusion:
+        words.append(f", hazy {labels.effusion} base")
+    if labels.pneumothorax:
+        words.append(f", lucent {labels.pneumothorax} rim")
+    if labels.findings()["cardiomegaly"]:
+        words.append(", wide central shadow")
+    if labels.nodule is not None:
+        words.append(f", round dot in the {'left' if labels.nodule[0] > 0.5 else 'right'} lung")  # image right = patient left
+    return words
+
+
+def _prostate_caption(labels: prostate.ProstateLabels, describe: bool = False) -> str:
     words = ["an axial t2 prostate mri"]
     if labels.gland < 0.95:
         words.append("of a small gland")
@@ -63,6 +85,8 @@ def _prostate_caption(labels: prostate.ProstateLabels) -> str:
         words.append(", filled rectum")
     if labels.prosthesis:
         words.append(f", {labels.prosthesis} hip prosthesis")
+    if describe and labels.lesion:
+        words.append(f", dark focus {labels.lesion} posterior")
     return " ".join(words).replace(" ,", ",")
 
 
@@ -95,8 +119,11 @@ class Phantom:
 
 
 def generate(modality: str, finding: str = "none", *, n: int, size: int = 64, seed: int = 0,
-             prevalence: float = 0.0) -> list[Phantom]:
-    """``n`` phantoms that all show ``finding`` ('none': no forced finding), others at ``prevalence``."""
+             prevalence: float = 0.0, describe: bool = False) -> list[Phantom]:
+    """``n`` phantoms that all show ``finding`` ('none': no forced finding), others at ``prevalence``.
+
+    ``describe`` adds the appearance words of pretraining captions; the images do not change.
+    """
     mod = get_modality(modality)
     check_finding(mod, finding)
     rng = np.random.default_rng(seed)
@@ -105,7 +132,7 @@ def generate(modality: str, finding: str = "none", *, n: int, size: int = 64, se
     for _ in range(n):
         labels = mod.sample(rng, present, prevalence)
         image, masks = mod.render(labels, size, rng)
-        out.append(Phantom(image, mod.caption(labels), _flat_labels(labels), masks))
+        out.append(Phantom(image, mod.caption(labels, describe), _flat_labels(labels), masks))
     return out
 
 
