@@ -6,6 +6,7 @@ redirected into a temporary folder so tests never touch ~/.cache.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,8 +32,6 @@ def tiny_base(tmp_path_factory) -> Path:
 def mixed_folder(tmp_path_factory) -> Path:
     """8 chest phantoms cycling 8-bit PNG, 16-bit PNG and DICOM (MONOCHROME1 and 2)."""
     from lowbudget.phantoms import write_chest_phantoms
-
-    import json
 
     folder = tmp_path_factory.mktemp("data") / "mixed"
     write_chest_phantoms(folder, n=8, size=48, fmt="mixed", seed=1)

@@ -54,8 +54,9 @@ def shared_pipe():
 def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     """Issue #5's acceptance on the shared embeddings, fewer seeds than the benchmark
     (`lowbudget benchmark --sections compose`): interpolation monotone for the prompt-level
-    method and slerp (mean Spearman rho >= 0.9), both findings in >= 70% of combined images, the effusion
-    inpainted into the box in >= 80%, and no pixel outside the feathered box changed."""
+    method and slerp (mean Spearman rho >= 0.9), both findings in >= 70% of combined images,
+    the effusion inpainted into the box in >= 80%, and no pixel outside the feathered box
+    changed."""
     from lowbudget.phantoms.compose_check import combination_check, inpainting_check, interpolation_check
 
     interp = interpolation_check(shared_pipe, Sampling(), [0, 1, 2], weights=4)

@@ -47,7 +47,7 @@ class Sampling:
     """How benchmark images are drawn (the same for every row, so rows compare)."""
 
     steps: int = 25
-    guidance: float = 5.0  # picked over 3.0 and 7.5 on the nodule and lesion rows (stop 10)
+    guidance: float = 5.0  # picked over 3.0 and 7.5 on the nodule and lesion rows (PHANTOM_RESULTS.md)
     scheduler: str = "ddim"
     batch_size: int = 16
 
