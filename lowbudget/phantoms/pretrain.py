@@ -12,8 +12,9 @@ The findings do occur in the images (each at ``prevalence``), and the captions s
 look like ("hazy left base"), so the base can draw them on request, but it has never been
 given their names: that is what a learned token has to supply, as for Stable Diffusion and
 medical vocabulary. Without the plain words the findings are noise the base draws at random
-(a base pretrained without them: no token got above 0.25), as no caption ever pointed at them. The result is written
-as a diffusers folder and as one fp16 safetensors file, the form that ships inside the package.
+(a base pretrained without them: no token got above 0.25), as no caption ever pointed at
+them. The result is written as a diffusers folder and as one fp16 safetensors file, the form
+that ships inside the package.
 """
 
 from __future__ import annotations
