@@ -7,6 +7,7 @@ results.json and PNG strips go to --output.
     python benchmarks/phantom_world.py --quick                     # effusion only, ~5 min on 2 cores
     python benchmarks/phantom_world.py                             # every section and finding
     python benchmarks/phantom_world.py --sections fidelity,compose --findings effusion,nodule
+    python benchmarks/phantom_world.py --sections compose --compose-seeds 32   # tighter sampling checks
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one finding, reduced sizes")
     parser.add_argument("--sections", default="", help=f"comma-separated, from {','.join(SECTIONS)}")
     parser.add_argument("--findings", default="", help="comma-separated findings (default: all)")
+    parser.add_argument("--compose-seeds", type=int, default=0,
+                        help="interpolation seeds (combination and inpainting use twice as many; default 8)")
     args = parser.parse_args()
     cfg = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
     if args.findings:
         cfg.findings = tuple(args.findings.split(","))
+    if args.compose_seeds:
+        cfg.compose_seeds = args.compose_seeds
     sections = tuple(args.sections.split(",")) if args.sections else None
     print(run_benchmark(args.output, cfg, sections=sections).read_text())
 

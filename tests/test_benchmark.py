@@ -54,7 +54,8 @@ def shared_pipe():
 def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     """Issue #5's acceptance on the shared embeddings, fewer seeds than the benchmark
     (`lowbudget benchmark --sections compose`): interpolation monotone for the prompt-level
-    method and slerp (mean Spearman rho >= 0.9), both findings in >= 70% of combined images,
+    method and slerp (mean Spearman rho >= 0.9), every method's detection never turning off
+    as the weight grows, both findings in >= 70% of combined images,
     the effusion inpainted into the box in >= 80%, and no pixel outside the feathered box
     changed."""
     from lowbudget.phantoms.compose_check import combination_check, inpainting_check, interpolation_check
@@ -62,8 +63,15 @@ def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     interp = interpolation_check(shared_pipe, Sampling(), [0, 1, 2], weights=4)
     rhos = {method: r["rho_mean"] for method, r in interp.items()}
     assert set(rhos) == {"and", "lerp", "slerp"}
-    # lerp is not asserted: 0.862 over the benchmark's 8 seeds, below the target (PHANTOM_RESULTS.md)
+    # lerp's rho is not asserted: 0.862 over the benchmark's 8 seeds, below the target (PHANTOM_RESULTS.md)
     assert rhos["and"] >= 0.9 and rhos["slerp"] >= 0.9, rhos
+    for method, r in interp.items():  # once the effusion appears, a heavier weight never removes it
+        assert r["decision_monotone"] == 1.0, (method, r["scores"])
+        onsets = r["onsets"]  # healthy at w = 0, diseased somewhere on the way
+        assert all(o is None or o > 0 for o in onsets) and any(o is not None for o in onsets), (method, onsets)
+    for method in ("lerp", "slerp"):  # the mixed token moves the prompt's encoding from A towards B
+        progress = interp[method]["conditioning_progress"]
+        assert all(0 < x < 1 for x in progress[1:-1]) and np.all(np.diff(progress) > 0), (method, progress)
     combined = combination_check(shared_pipe, Sampling(), [0, 1, 2, 3, 4])
     assert combined["both"] >= 0.7, combined
     inpainted = inpainting_check(shared_pipe, Sampling(), [0, 1, 2, 3, 4])

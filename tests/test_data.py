@@ -1,6 +1,5 @@
 """Image ingest: every format, bit depth and caption source, and the broken-input paths."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ def cfg(path="", **kw) -> DataConfig:
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "1"])
 def test_8bit_modes_read_into_unit_range(tmp_path, mode):
-    arr = read_image(noise_png(tmp_path / f"x.png", mode=mode), cfg())
+    arr = read_image(noise_png(tmp_path / "x.png", mode=mode), cfg())
     assert arr.dtype == np.float32 and 0 <= arr.min() and arr.max() <= 1
     assert arr.ndim == (3 if mode in ("RGB", "RGBA") else 2) or mode == "P"
 
@@ -119,6 +118,24 @@ def test_folder_with_mixed_formats_and_metadata_captions(mixed_folder):
     suffixes = {im.path.suffix for im in images.images}
     assert len(images) == 8 and suffixes == {".png", ".dcm"} and images.caption_source == "metadata"
     assert all(im.pixels.shape == (32, 32, 3) and im.caption == "a chest x-ray" for im in images.images)
+
+
+def test_mixed_bit_depths_warn_unless_read_at_their_full_scale(mixed_folder, tmp_path):
+    """The phantom folder's 16-bit PNGs and DICOMs fill their range; percentile stretching gives
+    them a different contrast from the 8-bit PNGs beside them, which training would learn."""
+    warnings = []
+    load_image_folder(cfg(mixed_folder), warn=warnings.append)
+    assert len(warnings) == 1 and "stretched by their own gray levels" in warnings[0] and str(mixed_folder) in warnings[0]
+    assert 'data.intensity = "dtype"' in warnings[0]
+    warnings.clear()
+    load_image_folder(cfg(mixed_folder, intensity="dtype"), warn=warnings.append)
+    assert warnings == []
+    for i in range(3):  # one kind only, stretched or not: nothing to warn about
+        write_png(tmp_path / "deep" / f"{i}.png", np.random.default_rng(i).random((16, 16)), bits=16)
+        noise_png(tmp_path / "flat" / f"{i}.png", seed=i)
+    load_image_folder(cfg(tmp_path / "deep"), warn=warnings.append)
+    load_image_folder(cfg(tmp_path / "flat"), warn=warnings.append)
+    assert warnings == []
 
 
 def test_csv_captions_and_missing_column(tmp_path):

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from lowbudget.data.captions import METADATA_FILE, caption_for, resolve_caption_source
-from lowbudget.data.readers import UnreadableImage, image_kind, read_image
+from lowbudget.data.readers import UnreadableImage, content_scaled, image_kind, read_image
 from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
 
@@ -101,7 +101,17 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     if not images:
         tried = f"{len(candidates)} file(s) tried, none readable" if candidates else "no PNG/JPEG/TIFF, DICOM or NIfTI files found"
         raise DataError(f"data folder '{folder}' has no usable training image ({tried})")
+    _warn_mixed_scaling(folder, [im.path for im in images], cfg, warn)
     return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped)
+
+
+def _warn_mixed_scaling(folder: Path, paths: list[Path], cfg: DataConfig, warn: Callable[[str], None]) -> None:
+    """8-bit files next to percentile-stretched 16-bit ones train on two contrasts of one anatomy."""
+    stretched = sum(content_scaled(p, cfg) for p in paths)
+    if 0 < stretched < len(paths):
+        warn(f"data folder '{folder}': {stretched} of {len(paths)} images are stretched by their own gray levels "
+             f"(data.intensity = {cfg.intensity!r}), the other {len(paths) - stretched} are read at a fixed scale "
+             "(8-bit, or a DICOM window); if every file uses its full range, set data.intensity = \"dtype\"")
 
 
 def _candidate_files(folder: Path, exclude: Path | None) -> list[Path]:

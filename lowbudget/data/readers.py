@@ -68,6 +68,34 @@ def read_image(path: Path, cfg: DataConfig) -> np.ndarray:
 # --------------------------------------------------------------------------- intensity
 
 
+def content_scaled(path: Path, cfg: DataConfig) -> bool:
+    """Will ``read_image`` stretch this file by its own gray levels (percentile / minmax)?
+
+    False for files read at a fixed scale: 8-bit images (/255), 16-bit ones under
+    ``data.intensity = "dtype"``, DICOMs displayed through their header window. A folder that
+    mixes both kinds gets two contrasts for the same anatomy. Reads headers only.
+    """
+    kind = image_kind(path)
+    if kind == "nifti":
+        return True  # no fixed range to read a float volume at
+    if kind == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        if not str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
+            return False
+        if cfg.dicom_window == "header" and _dicom_window(ds)[0] is not None:
+            return False
+        return cfg.intensity != "dtype"
+    from PIL import Image
+
+    with Image.open(path) as img:
+        high_depth = img.mode.startswith("I") or img.mode == "F"
+    return high_depth and cfg.intensity != "dtype"
+
+
+
+
 def window(arr: np.ndarray, low: float, high: float) -> np.ndarray:
     """Linear map of [low, high] to [0, 1], clipped."""
     if high <= low:  # a constant image: mid-grey rather than a division by zero

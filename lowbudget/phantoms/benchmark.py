@@ -153,7 +153,7 @@ def _sweep(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
             t0 = time.perf_counter()
             spec = replace(cfg.token, finding=finding, n_vectors=n_vectors, n_images=n_images)
             files = train_finding(spec, output / "runs" / f"sweep-{n_vectors}v-{n_images}i")
-            rate = fidelity(spec, files, n=cfg.sweep_eval, sampling=cfg.sampling)["rates"]["token"]
+            rate = fidelity(spec, files, n=cfg.sweep_eval, sampling=cfg.sampling, kinds=("token",))["rates"]["token"]
             data[f"{n_vectors}x{n_images}"] = {"rate": rate, "seconds": round(time.perf_counter() - t0, 1)}
             row.append(f"{rate:.2f} ({time.perf_counter() - t0:.0f} s)")
             log(f"  {n_vectors} vectors x {n_images} images: {rate:.2f}")
@@ -220,7 +220,7 @@ def _methods(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
         spec = replace(cfg.token, finding=cfg.sweep_finding, method=method)
         run = cfg.sweep_finding if method == "ti" else f"method-{method.replace('+', '-')}"  # TI = the fidelity run
         files = train_finding(spec, output / "runs" / run)
-        rates = fidelity(spec, files, n=cfg.n_eval, sampling=cfg.sampling)["rates"]
+        rates = fidelity(spec, files, n=cfg.n_eval, sampling=cfg.sampling, kinds=("token", "plain"))["rates"]
         size = sum(p.stat().st_size for p in files)
         data[method] = {"rates": rates, "bytes": size, "seconds": round(time.perf_counter() - t0, 1)}
         rows.append([method, rates["token"], rates["plain"], f"{size / 1024:.0f} KiB", f"{time.perf_counter() - t0:.0f} s"])

@@ -2,7 +2,9 @@
 
   interpolation  <healthy-chest> -> <effusion> at K weights, one row per seed: Spearman rho
                  between weight and effusion score per seed, mean over seeds, for the prompt-level
-                 method ("and") and the embedding-level ones (lerp, slerp)
+                 method ("and") and the embedding-level ones (lerp, slerp); beside it, whether
+                 the detector's decision ever turns off again, where the finding first appears,
+                 and how far each mixed token moves the prompt's text encoding
   combination    "<effusion> AND <cardiomegaly>": both detectors flag the same image
   inpainting     a healthy phantom, a box over one lower lung, prompt with <effusion>: the
                  effusion detector flags that side; with paste-back no pixel outside the
@@ -22,6 +24,7 @@ from lowbudget.phantoms.fidelity import Sampling, open_with, train_finding
 from lowbudget.phantoms.world import generate
 
 PLAIN = "a frontal chest x-ray"
+TEMPLATE = f"{PLAIN} with {{}}"
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -48,18 +51,63 @@ def _request(s: Sampling, seeds: list[int]):
 
 
 def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int = 5) -> dict:
+    """Per method: Spearman rho per seed and its mean, the scores, and where the finding appears.
+
+    Besides rho (the issue's measure), each row says whether the detector's *decision* is
+    monotone (once flagged at some weight, flagged at every higher one) and at which weight
+    the finding first appears: an interpolation that jumps from healthy to diseased is
+    monotone in that sense, yet its rho measures detector noise on the healthy images.
+    """
     from lowbudget.sampling.compose import interpolation
 
+    cut = detectors.threshold("chest", "effusion")
     out = {}
     for method in ("and", "lerp", "slerp"):
         w, images, _ = interpolation(pipe, "<healthy-chest>", "<effusion>", steps=weights, method=method,
-                                     template=f"{PLAIN} with {{}}", request=_request(sampling, seeds))
+                                     template=TEMPLATE, request=_request(sampling, seeds))
         gray = images.mean(dim=2).cpu().numpy()  # (seeds, K, H, W)
         scores = np.array([[detectors.effusion(im) for im in row] for row in gray])  # (seeds, K)
+        flagged = scores > cut
         rhos = [spearman(np.array(w), row) for row in scores]
-        out[method] = {"rho_mean": float(np.mean(rhos)), "rhos": rhos, "mean_score_by_weight": scores.mean(0).tolist(),
-                       "strip": gray}
+        out[method] = {"rho_mean": float(np.mean(rhos)), "rhos": rhos, "weights": w, "scores": scores.tolist(),
+                       "mean_score_by_weight": scores.mean(0).tolist(),
+                       "decision_monotone": float(np.mean([(np.diff(f.astype(int)) >= 0).all() for f in flagged])),
+                       "onsets": [w[int(np.argmax(f))] if f.any() else None for f in flagged],
+                       "change": _change_around_onset(gray, flagged), "strip": gray}
+        if method != "and":  # prompt-level mixing mixes noise predictions, not the conditioning
+            out[method]["conditioning_progress"] = conditioning_progress(pipe, method, w)
     return out
+
+
+def _change_around_onset(gray: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """Mean absolute change between neighbouring images of a row, in gray levels of 255:
+    over the steps before the finding appears, and over the step where it does."""
+    steps = np.abs(np.diff(gray, axis=1)).mean(axis=(2, 3)) * 255  # (seeds, K - 1)
+    before, at = [], []
+    for row, f in zip(steps, flagged):
+        if f.any() and not f[0]:
+            onset = int(np.argmax(f))  # row[onset - 1] is the step onto the first flagged image
+            before.extend(row[: onset - 1])
+            at.append(row[onset - 1])
+    return {"before": float(np.mean(before)) if before else float("nan"), "at": float(np.mean(at)) if at else float("nan")}
+
+
+def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float]:
+    """Where the mixed token's prompt lands between A's and B's, in text-encoder output space.
+
+    The projection of c(w) - c(0) onto c(1) - c(0), over all 77 positions: 0 at A, 1 at B,
+    w for a path that moves the conditioning linearly.
+    """
+    from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
+    from lowbudget.sampling.prompts import encode_texts
+
+    a, b = token_vectors(pipe, "<healthy-chest>"), token_vectors(pipe, "<effusion>")
+    states = []
+    for w in weights:
+        with temporary_token(pipe, MIXERS[method](a, b, w)) as token:
+            states.append(encode_texts(pipe, [TEMPLATE.format(token)])[0].flatten().float())  # (77 * D,)
+    line = states[-1] - states[0]
+    return [float((s - states[0]) @ line / (line @ line)) for s in states]
 
 
 def combination_check(pipe, sampling: Sampling, seeds: list[int]) -> dict:
@@ -127,4 +175,25 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     rows.append(["inpainting <effusion>, box on the right lower lung",
                  f"detected in mask {inp['detected_in_mask']:.2f}; {inp['pixels_changed_outside']} pixels changed "
                  "outside the feathered box (paste-back)", ">= 0.80; 0"])
-    return markdown_table(["check", "result", "target"], rows), {"interpolation": interp, "combination": comb, "inpainting": inp}
+    return (markdown_table(["check", "result", "target"], rows) + ["", *_interpolation_detail(interp)],
+            {"interpolation": interp, "combination": comb, "inpainting": inp})
+
+
+def _interpolation_detail(interp: dict) -> list[str]:
+    """Why rho is what it is: where the finding appears, and how far the conditioning moved."""
+    from lowbudget.phantoms.benchmark import markdown_table
+
+    rows = []
+    for method, r in interp.items():
+        onsets = [o for o in r["onsets"] if o is not None]
+        progress = r.get("conditioning_progress")
+        rows.append([method, " / ".join(f"{s:.3f}" for s in r["mean_score_by_weight"]),
+                     f"{r['decision_monotone']:.2f}",
+                     f"{np.median(onsets):.2f} ({min(onsets):.2f}-{max(onsets):.2f})" if onsets else "never",
+                     f"{r['change']['before']:.1f} / {r['change']['at']:.1f}",
+                     " / ".join(f"{x:.2f}" for x in progress) if progress else "(mixes noise predictions)"])
+    weights = " / ".join(f"{w:.2f}" for w in next(iter(interp.values()))["weights"])
+    return markdown_table(["method", f"mean effusion score at w = {weights}", "share of seeds whose detection, once on, stays on",
+                           "weight where it first appears: median (range)",
+                           "change between neighbours, gray levels: before it appears / onto it",
+                           "conditioning moved (0 = A, 1 = B)"], rows)

@@ -143,18 +143,24 @@ def open_with(adapters: list[Path], base: str = ""):
 
 
 def fidelity(spec: TokenSpec, adapters: list[Path], *, n: int = 32, seed: int = 10_000, base: str = "",
-             sampling: Sampling | None = None) -> dict:
-    """Detector rates with the adapter's prompt, the initializer word alone and the plain prompt."""
+             sampling: Sampling | None = None, kinds: tuple[str, ...] = ("token", "init", "plain")) -> dict:
+    """Detector rates with the adapter's prompt, the initializer word alone and the plain prompt.
+
+    ``kinds`` picks which of the three to sample (the sweep needs only "token").
+    """
     sampling = sampling or Sampling()
     seeds = list(range(seed, seed + n))
-    with_adapter = open_with(adapters, base)
-    without = open_with([], base)
+    with_adapter = open_with(adapters, base) if "token" in kinds else None
+    without = open_with([], base) if set(kinds) - {"token"} else None
     rates, images = {}, {}
     for what, prompt in prompts(spec.finding).items():
+        if what not in kinds:
+            continue
         if spec.method == "lora" and what == "token":
             prompt = prompts(spec.finding)["plain"]  # LoRA has no token: it changes the plain prompt's images
         pipe = with_adapter if what == "token" else without
         images[what] = generate_gray(pipe, prompt, seeds, sampling)
         rates[what] = detection_rate(spec.finding, images[what])
-    rates["recognised"] = recognised_rate(modality_of(spec.finding), images["token"])
+    if "token" in kinds:
+        rates["recognised"] = recognised_rate(modality_of(spec.finding), images["token"])
     return {"rates": rates, "images": images, "seeds": seeds}
