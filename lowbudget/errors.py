@@ -2,7 +2,7 @@
 
 Every user-facing failure (a bad path, a bad recipe value, an unreadable dataset) raises a
 subclass of :class:`LowbudgetError` whose message is one line that names the bad input and
-what was expected. ``cli.py`` turns these into a message and a non-zero exit code; anything
+what was expected. ``lowbudget.cli.main`` turns these into a message and a non-zero exit code; anything
 else is a bug and keeps its traceback.
 """
 
