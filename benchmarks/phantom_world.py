@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--compose-seeds", type=int, default=0,
                         help="interpolation seeds (combination and inpainting use twice as many; default 8)")
     args = parser.parse_args()
+    if args.compose_seeds < 0:
+        parser.error(f"--compose-seeds {args.compose_seeds}: expected a positive number of seeds")
     cfg = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
     if args.findings:
         cfg.findings = tuple(args.findings.split(","))
