@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from lowbudget.data.captions import METADATA_FILE, caption_for, resolve_caption_source
-from lowbudget.data.readers import UnreadableImage, content_scaled, image_kind, read_image
+from lowbudget.data.readers import UnreadableImage, image_kind, read_image_scaled
 from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
 
@@ -83,35 +83,31 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     candidates = _candidate_files(folder, exclude=mask_dir)
     if cfg.max_images:
         candidates = candidates[: cfg.max_images]
-    images, skipped = [], []
+    images, skipped, stretched = [], [], 0
     for path in candidates:
         relative = path.relative_to(folder).as_posix()
         try:
             caption = None if captions is None else caption_for(relative, captions)
             if captions is not None and caption is None:
                 raise UnreadableImage(f"no caption for it in the {source} captions")
-            pixels = to_rgb(fit_square(read_image(path, cfg), cfg.resolution, cfg.center_crop))
+            pixels, by_content = read_image_scaled(path, cfg)
+            pixels = to_rgb(fit_square(pixels, cfg.resolution, cfg.center_crop))
             mask = _read_mask(mask_dir, path, cfg) if mask_dir else None
         except UnreadableImage as exc:
             skipped.append((path, str(exc)))
             warn(f"skipping {path}: {exc}")
             continue
         images.append(TrainingImage(path=path, pixels=pixels, caption=caption, mask=mask))
+        stretched += by_content
 
     if not images:
         tried = f"{len(candidates)} file(s) tried, none readable" if candidates else "no PNG/JPEG/TIFF, DICOM or NIfTI files found"
         raise DataError(f"data folder '{folder}' has no usable training image ({tried})")
-    _warn_mixed_scaling(folder, [im.path for im in images], cfg, warn)
-    return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped)
-
-
-def _warn_mixed_scaling(folder: Path, paths: list[Path], cfg: DataConfig, warn: Callable[[str], None]) -> None:
-    """8-bit files next to percentile-stretched 16-bit ones train on two contrasts of one anatomy."""
-    stretched = sum(content_scaled(p, cfg) for p in paths)
-    if 0 < stretched < len(paths):
-        warn(f"data folder '{folder}': {stretched} of {len(paths)} images are stretched by their own gray levels "
-             f"(data.intensity = {cfg.intensity!r}), the other {len(paths) - stretched} are read at a fixed scale "
+    if 0 < stretched < len(images):  # 8-bit files beside percentile-stretched 16-bit ones: two contrasts
+        warn(f"data folder '{folder}': {stretched} of {len(images)} images are stretched by their own gray levels "
+             f"(data.intensity = {cfg.intensity!r}), the other {len(images) - stretched} are read at a fixed scale "
              "(8-bit, or a DICOM window); if every file uses its full range, set data.intensity = \"dtype\"")
+    return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped)
 
 
 def _candidate_files(folder: Path, exclude: Path | None) -> list[Path]:

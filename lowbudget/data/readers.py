@@ -48,12 +48,20 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 def read_image(path: Path, cfg: DataConfig) -> np.ndarray:
     """Read ``path`` as float32 in [0, 1], (H, W) or (H, W, 3)."""
+    return read_image_scaled(path, cfg)[0]
+
+
+def read_image_scaled(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
+    """:func:`read_image`, and whether the file was stretched by its own gray levels
+    (percentile / minmax) rather than read at a fixed scale (8-bit /255, 16-bit under
+    ``data.intensity = "dtype"``, a DICOM header window). A folder that mixes both kinds
+    gets two contrasts for the same anatomy."""
     kind = image_kind(path)
     readers = {"pil": _read_pil, "dicom": _read_dicom, "nifti": _read_nifti}
     if kind is None:
         raise UnreadableImage("not a PNG/JPEG/TIFF, DICOM or NIfTI file")
     try:
-        arr = readers[kind](path, cfg)
+        arr, stretched = readers[kind](path, cfg)
     except UnreadableImage:
         raise
     except Exception as exc:  # each library has its own error types for corrupt files
@@ -62,38 +70,10 @@ def read_image(path: Path, cfg: DataConfig) -> np.ndarray:
         raise UnreadableImage("contains NaN or infinite values")
     if min(arr.shape[:2]) < 8:
         raise UnreadableImage(f"image is only {arr.shape[1]}x{arr.shape[0]} pixels")
-    return np.clip(arr, 0.0, 1.0).astype(np.float32)
+    return np.clip(arr, 0.0, 1.0).astype(np.float32), stretched
 
 
 # --------------------------------------------------------------------------- intensity
-
-
-def content_scaled(path: Path, cfg: DataConfig) -> bool:
-    """Will ``read_image`` stretch this file by its own gray levels (percentile / minmax)?
-
-    False for files read at a fixed scale: 8-bit images (/255), 16-bit ones under
-    ``data.intensity = "dtype"``, DICOMs displayed through their header window. A folder that
-    mixes both kinds gets two contrasts for the same anatomy. Reads headers only.
-    """
-    kind = image_kind(path)
-    if kind == "nifti":
-        return True  # no fixed range to read a float volume at
-    if kind == "dicom":
-        import pydicom
-
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        if not str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME"):
-            return False
-        if cfg.dicom_window == "header" and _dicom_window(ds)[0] is not None:
-            return False
-        return cfg.intensity != "dtype"
-    from PIL import Image
-
-    with Image.open(path) as img:
-        high_depth = img.mode.startswith("I") or img.mode == "F"
-    return high_depth and cfg.intensity != "dtype"
-
-
 
 
 def window(arr: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -103,25 +83,27 @@ def window(arr: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((arr.astype(np.float32) - low) / (high - low), 0.0, 1.0)
 
 
-def normalise(arr: np.ndarray, cfg: DataConfig, dtype_max: float | None = None, *, reference: np.ndarray | None = None) -> np.ndarray:
-    """Scale a high-bit-depth array to [0, 1] as the recipe says.
+def normalise(arr: np.ndarray, cfg: DataConfig, dtype_max: float | None = None, *,
+              reference: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Scale a high-bit-depth array to [0, 1] as the recipe says; True when the window came
+    from the values themselves (percentile / minmax) rather than the data type's range.
 
     ``reference`` is the array the window is computed on (a whole volume for a NIfTI slice),
     so that every slice of a volume shares one window.
     """
     ref = arr if reference is None else reference
     if cfg.intensity == "dtype" and dtype_max:
-        return window(arr, 0.0, dtype_max)
+        return window(arr, 0.0, dtype_max), False
     if cfg.intensity == "minmax":
-        return window(arr, float(ref.min()), float(ref.max()))
+        return window(arr, float(ref.min()), float(ref.max())), True
     low, high = np.percentile(ref, cfg.percentiles)
-    return window(arr, float(low), float(high))
+    return window(arr, float(low), float(high)), True
 
 
 # --------------------------------------------------------------------------- PNG / JPEG / TIFF
 
 
-def _read_pil(path: Path, cfg: DataConfig) -> np.ndarray:
+def _read_pil(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
     from PIL import Image
 
     with Image.open(path) as img:
@@ -136,16 +118,16 @@ def _read_pil(path: Path, cfg: DataConfig) -> np.ndarray:
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
             # Composite over black: transparent regions are background, as in a scan.
             rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-            return rgba[..., :3] * rgba[..., 3:4]
+            return rgba[..., :3] * rgba[..., 3:4], False
         if mode in ("1", "L"):
-            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, False
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0, False
 
 
 # --------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(path: Path, cfg: DataConfig) -> np.ndarray:
+def _read_dicom(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -161,15 +143,15 @@ def _read_dicom(path: Path, cfg: DataConfig) -> np.ndarray:
             raise UnreadableImage(f"data.dicom_frame = {cfg.dicom_frame} but the file has {frames} frames")
         pixels = pixels[index]
     if not photometric.startswith("MONOCHROME"):  # pydicom already decoded YBR to RGB
-        return pixels.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)
+        return pixels.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1), False
     values = apply_modality_lut(pixels, ds).astype(np.float64)  # rescale slope / intercept
     center, width = _dicom_window(ds)
     if cfg.dicom_window == "header" and center is not None:
-        out = window(values, center - width / 2.0, center + width / 2.0)
+        out, stretched = window(values, center - width / 2.0, center + width / 2.0), False
     else:
-        out = normalise(values, cfg, float(2 ** int(ds.BitsStored) - 1))
+        out, stretched = normalise(values, cfg, float(2 ** int(ds.BitsStored) - 1))
     # MONOCHROME1: the lowest value is displayed white (e.g. many CR/DX chest films).
-    return 1.0 - out if photometric == "MONOCHROME1" else out
+    return (1.0 - out if photometric == "MONOCHROME1" else out), stretched
 
 
 def _first_value(value) -> float:
@@ -190,7 +172,7 @@ def _dicom_window(ds) -> tuple[float | None, float]:
 # --------------------------------------------------------------------------- NIfTI
 
 
-def _read_nifti(path: Path, cfg: DataConfig) -> np.ndarray:
+def _read_nifti(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
     import nibabel as nib
 
     volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
