@@ -58,7 +58,8 @@ def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     as the weight grows, both findings in >= 70% of combined images,
     the effusion inpainted into the box in >= 80%, and no pixel outside the feathered box
     changed."""
-    from lowbudget.phantoms.compose_check import combination_check, inpainting_check, interpolation_check
+    from lowbudget.phantoms.compose_check import (combination_check, inpainting_check, interpolation_check,
+                                                  text_state_reference)
 
     interp = interpolation_check(shared_pipe, Sampling(), [0, 1, 2], weights=4)
     rhos = {method: r["rho_mean"] for method, r in interp.items()}
@@ -69,6 +70,10 @@ def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
         assert r["decision_monotone"] == 1.0, (method, r["scores"])
         onsets = r["onsets"]  # healthy at w = 0, diseased somewhere on the way
         assert all(o is None or o > 0 for o in onsets) and any(o is not None for o in onsets), (method, onsets)
+        # every image between A and B (3 seeds x 2 weights) has a trail of DDIM's estimates
+        assert len(r["settle_steps"]) == 6 and all(1 <= k <= 26 for k in r["settle_steps"]), (method, r["settle_steps"])
+    reference = text_state_reference(shared_pipe, Sampling(), [0, 1, 2], weights=4)
+    assert reference["decision_monotone"] == 1.0 and len(reference["settle_steps"]) == 6, reference["scores"]
     for method in ("lerp", "slerp"):  # the mixed token moves the prompt's encoding from A towards B
         progress = interp[method]["conditioning_progress"]
         assert all(0 < x < 1 for x in progress[1:-1]) and np.all(np.diff(progress) > 0), (method, progress)

@@ -12,7 +12,8 @@ from lowbudget.models import load_base
 from lowbudget.sampling.interpolate import lerp, slerp, temporary_token, token_vectors
 from lowbudget.sampling.masks import box_mask, feather
 from lowbudget.sampling.prompts import SubPrompt, parse_prompt
-from lowbudget.sampling.sampler import Inpainting, SampleRequest, sample
+from lowbudget.sampling.prompts import encode_texts
+from lowbudget.sampling.sampler import Inpainting, SampleRequest, sample, sample_states
 
 from test_cli import assert_one_line_error, run
 
@@ -37,8 +38,21 @@ def test_parse_weighted_sub_prompts():
 
 def test_one_unet_call_per_step_on_a_batch_of_b_times_k_plus_1(pipe):
     calls = []
-    images = sample(pipe, SampleRequest(prompt="a :0.5 AND b :0.3 AND c :-0.2", seeds=[0, 1], **FAST), unet_calls=calls)
+    images = sample(pipe, SampleRequest(prompt="a :0.5 AND b :0.3 AND c :-0.2", seeds=[0, 1], **FAST),
+                    watch=lambda step: calls.append(step.unet_rows))
     assert calls == [2 * 4] * 3 and images.shape == (2, 3, 32, 32)
+
+
+def test_sampling_from_text_states_is_sampling_from_their_prompts(pipe):
+    req = SampleRequest(prompt="a :0.7 AND b :0.3", negative_prompt="n", seeds=[4], **FAST)
+    estimates = []
+    states = encode_texts(pipe, ["n", "a", "b"])  # (3, 77, D)
+    direct = sample_states(pipe, req, states, [0.7, 0.3], watch=lambda step: estimates.append(step.x0))
+    torch.testing.assert_close(direct, sample(pipe, req), atol=1e-5, rtol=0)
+    latent = 32 // 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    assert len(estimates) == 3 and estimates[0].shape == (1, 4, latent, latent)  # DDIM's estimate, each step
+    with pytest.raises(LowbudgetError, match="3 text states for 1 weights"):
+        sample_states(pipe, req, states, [1.0])
 
 
 def test_plain_prompt_matches_diffusers_own_pipeline(pipe):
@@ -141,7 +155,8 @@ def test_sd_inpainting_checkpoint_runs_natively(tmp_path):
     pipe = load_base(write_base_folder(tmp_path / "inpaint", shape)).pipeline()
     calls = []
     job = Inpainting(image=_input_image(), mask=box_mask("8,8,24,24", 32), paste_back=True)
-    out = sample(pipe, SampleRequest(prompt="x", seeds=[0], inpaint=job, **FAST), unet_calls=calls)
+    out = sample(pipe, SampleRequest(prompt="x", seeds=[0], inpaint=job, **FAST),
+                 watch=lambda step: calls.append(step.unet_rows))
     assert out.shape == (1, 3, 32, 32) and calls == [2] * 3
 
 

@@ -4,7 +4,9 @@
                  between weight and effusion score per seed, mean over seeds, for the prompt-level
                  method ("and") and the embedding-level ones (lerp, slerp); beside it, whether
                  the detector's decision ever turns off again, where the finding first appears,
-                 and how far each mixed token moves the prompt's text encoding
+                 from which sampling step each image in between stayed healthy or diseased, and
+                 how far each mixed token moves the prompt's text encoding; and, as a reference,
+                 the strip whose text-encoder states are mixed linearly (no token involved)
   combination    "<effusion> AND <cardiomegaly>": both detectors flag the same image
   inpainting     a healthy phantom, a box over one lower lung, prompt with <effusion>: the
                  effusion detector flags that side; with paste-back no pixel outside the
@@ -25,6 +27,8 @@ from lowbudget.phantoms.world import generate
 
 PLAIN = "a frontal chest x-ray"
 TEMPLATE = f"{PLAIN} with {{}}"
+A, B = "<healthy-chest>", "<effusion>"  # the interpolation's ends
+REFERENCE = "interpolation, text states mixed linearly (reference)"
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -54,29 +58,82 @@ def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int
     """Per method: Spearman rho per seed and its mean, the scores, and where the finding appears.
 
     Besides rho (the issue's measure), each row says whether the detector's *decision* is
-    monotone (once flagged at some weight, flagged at every higher one) and at which weight
-    the finding first appears: an interpolation that jumps from healthy to diseased is
-    monotone in that sense, yet its rho measures detector noise on the healthy images.
+    monotone (once flagged at some weight, flagged at every higher one), at which weight the
+    finding first appears, and at which sampling step each image between A and B settled on
+    healthy or diseased: an interpolation that jumps from healthy to diseased is monotone in
+    the first sense, yet its rho measures detector noise on the healthy images.
     """
     from lowbudget.sampling.compose import interpolation
 
-    cut = detectors.threshold("chest", "effusion")
     out = {}
     for method in ("and", "lerp", "slerp"):
-        w, images, _ = interpolation(pipe, "<healthy-chest>", "<effusion>", steps=weights, method=method,
-                                     template=TEMPLATE, request=_request(sampling, seeds))
-        gray = images.mean(dim=2).cpu().numpy()  # (seeds, K, H, W)
-        scores = np.array([[detectors.effusion(im) for im in row] for row in gray])  # (seeds, K)
-        flagged = scores > cut
-        rhos = [spearman(np.array(w), row) for row in scores]
-        out[method] = {"rho_mean": float(np.mean(rhos)), "rhos": rhos, "weights": w, "scores": scores.tolist(),
-                       "mean_score_by_weight": scores.mean(0).tolist(),
-                       "decision_monotone": float(np.mean([(np.diff(f.astype(int)) >= 0).all() for f in flagged])),
-                       "onsets": [w[int(np.argmax(f))] if f.any() else None for f in flagged],
-                       "change": _change_around_onset(gray, flagged), "strip": gray}
+        decisions: dict = {}
+        w, images, _ = interpolation(pipe, A, B, steps=weights, method=method, template=TEMPLATE,
+                                     request=_request(sampling, seeds), watch=_decision_recorder(pipe, decisions))
+        out[method] = _strip_figures(w, images.mean(dim=2).cpu().numpy(), seeds, decisions)
         if method != "and":  # prompt-level mixing mixes noise predictions, not the conditioning
             out[method]["conditioning_progress"] = conditioning_progress(pipe, method, w)
     return out
+
+
+def text_state_reference(pipe, sampling: Sampling, seeds: list[int], weights: int = 5) -> dict:
+    """The same strip with the prompts' text-encoder states mixed linearly, (1 - w) c(A) + w c(B).
+
+    Here the conditioning moves exactly along the line from A to B, so whatever switch remains
+    comes from the U-Net and the sampler, not from how token vectors are mixed. A reference
+    for that diagnosis, not a method users are offered.
+    """
+    from lowbudget.sampling.compose import interpolation_weights
+    from lowbudget.sampling.prompts import encode_texts
+    from lowbudget.sampling.sampler import sample_states
+
+    negative, ca, cb = encode_texts(pipe, ["", TEMPLATE.format(A), TEMPLATE.format(B)])  # 3 x (77, D)
+    w, decisions, columns = interpolation_weights(weights), {}, []
+    record = _decision_recorder(pipe, decisions)
+    for x in w:
+        states = torch.stack([negative, (1 - x) * ca + x * cb])  # (2, 77, D)
+        columns.append(sample_states(pipe, _request(sampling, seeds), states, [1.0],
+                                     watch=lambda step, x=x: record(x, step)))
+    return _strip_figures(w, torch.stack(columns, dim=1).mean(dim=2).cpu().numpy(), seeds, decisions)
+
+
+def _decision_recorder(pipe, decisions: dict):
+    """A ``watch(w, step)`` that appends, per (w, seed), the detector's decision on the
+    scheduler's estimate of the final image at that step."""
+    from lowbudget.sampling.sampler import decode
+
+    cut = detectors.threshold("chest", "effusion")
+
+    def record(w: float, step) -> None:
+        if step.x0 is None:  # schedulers that report no estimate: no trail
+            return
+        gray = decode(pipe, step.x0).mean(dim=1).cpu().numpy()  # (B, H, W)
+        for seed, image in zip(step.seeds, gray):
+            decisions.setdefault((w, seed), []).append(bool(detectors.effusion(image) > cut))
+    return record
+
+
+def settle_step(decisions: list[bool], final: bool) -> int:
+    """The first step (1-based) from which every step's decision is the final image's."""
+    k = len(decisions)
+    while k > 0 and decisions[k - 1] == final:
+        k -= 1
+    return k + 1
+
+
+def _strip_figures(w: list[float], gray: np.ndarray, seeds: list[int], decisions: dict) -> dict:
+    """gray: (seeds, K, H, W). Rho per seed, the decision's monotonicity, onsets, settle steps."""
+    cut = detectors.threshold("chest", "effusion")
+    scores = np.array([[detectors.effusion(im) for im in row] for row in gray])  # (seeds, K)
+    flagged = scores > cut
+    settles = [settle_step(decisions[(x, seed)], bool(flagged[i, j]))
+               for j, x in enumerate(w) if 0 < x < 1 for i, seed in enumerate(seeds) if (x, seed) in decisions]
+    return {"rho_mean": float(np.mean([spearman(np.array(w), row) for row in scores])),
+            "rhos": [spearman(np.array(w), row) for row in scores], "weights": w, "scores": scores.tolist(),
+            "mean_score_by_weight": scores.mean(0).tolist(),
+            "decision_monotone": float(np.mean([(np.diff(f.astype(int)) >= 0).all() for f in flagged])),
+            "onsets": [w[int(np.argmax(f))] if f.any() else None for f in flagged],
+            "settle_steps": settles, "change": _change_around_onset(gray, flagged), "strip": gray}
 
 
 def _change_around_onset(gray: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
@@ -101,7 +158,7 @@ def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float
     from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
     from lowbudget.sampling.prompts import encode_texts
 
-    a, b = token_vectors(pipe, "<healthy-chest>"), token_vectors(pipe, "<effusion>")
+    a, b = token_vectors(pipe, A), token_vectors(pipe, B)
     states = []
     for w in weights:
         with temporary_token(pipe, MIXERS[method](a, b, w)) as token:
@@ -161,6 +218,10 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     for method, r in interp.items():
         save_strip(r.pop("strip")[0], output / f"interpolation-{method}.png")
         log(f"  interpolation {method}: mean Spearman rho {r['rho_mean']:.3f}")
+    reference = text_state_reference(pipe, cfg.sampling, seeds)
+    save_strip(reference.pop("strip")[0], output / "interpolation-text-states.png")
+    reference["conditioning_progress"] = reference["weights"]  # linear by construction
+    log(f"  interpolation of the text states (reference): mean Spearman rho {reference['rho_mean']:.3f}")
     comb = combination_check(pipe, cfg.sampling, list(range(71_000, 71_000 + 2 * cfg.compose_seeds)))
     save_strip(comb.pop("images")[:8], output / "combination.png")
     inp = inpainting_check(pipe, cfg.sampling, list(range(72_000, 72_000 + 2 * cfg.compose_seeds)))
@@ -169,18 +230,25 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
         f"{inp['pixels_changed_outside']} pixels changed outside")
     rows = [[f"interpolation, {m}", f"mean Spearman rho {r['rho_mean']:.3f} over {len(seeds)} seeds", ">= 0.9"]
             for m, r in interp.items()]
+    rows.append([REFERENCE, f"mean Spearman rho {reference['rho_mean']:.3f} over {len(seeds)} seeds", "(reference)"])
     rows.append(["combination <effusion> AND <cardiomegaly>",
                  f"both {comb['both']:.2f} (effusion {comb['effusion']:.2f}, cardiomegaly {comb['cardiomegaly']:.2f})",
                  ">= 0.70"])
     rows.append(["inpainting <effusion>, box on the right lower lung",
                  f"detected in mask {inp['detected_in_mask']:.2f}; {inp['pixels_changed_outside']} pixels changed "
                  "outside the feathered box (paste-back)", ">= 0.80; 0"])
-    return (markdown_table(["check", "result", "target"], rows) + ["", *_interpolation_detail(interp)],
-            {"interpolation": interp, "combination": comb, "inpainting": inp})
+    detail = _interpolation_detail({**interp, REFERENCE: reference}, cfg.sampling.steps)
+    return (markdown_table(["check", "result", "target"], rows) + ["", *detail],
+            {"interpolation": interp, "interpolation_reference": reference, "combination": comb, "inpainting": inp})
 
 
-def _interpolation_detail(interp: dict) -> list[str]:
-    """Why rho is what it is: where the finding appears, and how far the conditioning moved."""
+def _median_range(values: list) -> str:
+    return f"{np.median(values):g} ({min(values)}-{max(values)})" if values else "(not recorded)"
+
+
+def _interpolation_detail(interp: dict, steps: int) -> list[str]:
+    """Why rho is what it is: where the finding appears, when each image settled on healthy or
+    diseased, and how far the conditioning moved."""
     from lowbudget.phantoms.benchmark import markdown_table
 
     rows = []
@@ -190,10 +258,12 @@ def _interpolation_detail(interp: dict) -> list[str]:
         rows.append([method, " / ".join(f"{s:.3f}" for s in r["mean_score_by_weight"]),
                      f"{r['decision_monotone']:.2f}",
                      f"{np.median(onsets):.2f} ({min(onsets):.2f}-{max(onsets):.2f})" if onsets else "never",
-                     f"{r['change']['before']:.1f} / {r['change']['at']:.1f}",
+                     f"{r['change']['before']:.1f} / {r['change']['at']:.1f}", _median_range(r["settle_steps"]),
                      " / ".join(f"{x:.2f}" for x in progress) if progress else "(mixes noise predictions)"])
     weights = " / ".join(f"{w:.2f}" for w in next(iter(interp.values()))["weights"])
     return markdown_table(["method", f"mean effusion score at w = {weights}", "share of seeds whose detection, once on, stays on",
                            "weight where it first appears: median (range)",
                            "change between neighbours, gray levels: before it appears / onto it",
+                           f"sampling step (of {steps}) from which an image between A and B stays healthy or "
+                           "diseased: median (range)",
                            "conditioning moved (0 = A, 1 = B)"], rows)

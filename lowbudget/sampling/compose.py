@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
 from lowbudget.errors import LowbudgetError
 from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
 from lowbudget.sampling.prompts import SubPrompt, format_prompt
-from lowbudget.sampling.sampler import SampleRequest, sample
+from lowbudget.sampling.sampler import SampleRequest, Step, sample
 
 METHODS = ("and", *MIXERS)
 
@@ -28,25 +29,34 @@ def _fill(template: str, value: str) -> str:
     return template.replace("{}", value)
 
 
-def interpolation(pipe, a: str, b: str, *, steps: int, method: str, template: str,
-                  request: SampleRequest) -> tuple[list[float], torch.Tensor, list[str]]:
-    """Images (len(seeds), K, 3, H, W) at K weights from A (w = 0) to B (w = 1), and their prompts."""
+def interpolation_weights(steps: int) -> list[float]:
+    """K evenly spaced weights from 0 (all A) to 1 (all B)."""
+    return [i / (steps - 1) for i in range(steps)]
+
+
+def interpolation(pipe, a: str, b: str, *, steps: int, method: str, template: str, request: SampleRequest,
+                  watch: Callable[[float, Step], None] | None = None) -> tuple[list[float], torch.Tensor, list[str]]:
+    """Images (len(seeds), K, 3, H, W) at K weights from A (w = 0) to B (w = 1), and their prompts.
+
+    ``watch(w, step)``, if given, sees every sampling step of every weight.
+    """
     if method not in METHODS:
         raise LowbudgetError(f"--method {method!r} is not known; expected one of {', '.join(METHODS)}")
     if steps < 2:
         raise LowbudgetError(f"--steps {steps}: an interpolation needs at least 2 weights")
-    weights = [i / (steps - 1) for i in range(steps)]
+    weights = interpolation_weights(steps)
     columns, prompts = [], []
     for w in weights:
+        step_watch = None if watch is None else (lambda step, w=w: watch(w, step))
         if method == "and":
             parts = [SubPrompt(_fill(template, a), 1 - w), SubPrompt(_fill(template, b), w)]
             prompt = format_prompt([p for p in parts if p.weight != 0])
-            columns.append(sample(pipe, replace(request, prompt=prompt)))
+            columns.append(sample(pipe, replace(request, prompt=prompt), watch=step_watch))
         else:
             vectors = MIXERS[method](token_vectors(pipe, a), token_vectors(pipe, b), w)
             with temporary_token(pipe, vectors) as token:
                 prompt = _fill(template, token)
-                columns.append(sample(pipe, replace(request, prompt=prompt)))
+                columns.append(sample(pipe, replace(request, prompt=prompt), watch=step_watch))
             prompt = f"{_fill(template, f'{method}({a}, {b}, {w:.2f})')}"
         prompts.append(prompt)
     return weights, torch.stack(columns, dim=1), prompts

@@ -15,6 +15,7 @@ masked image are fed to the U-Net instead. Works on any diffusers ``StableDiffus
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
@@ -50,32 +51,55 @@ class SampleRequest:
         return parse_prompt(self.prompt)
 
 
+@dataclass
+class Step:
+    """One sampling step, as an observer (``watch``) sees it."""
+
+    index: int  # 0 .. steps - 1 (of this chunk of seeds)
+    seeds: list[int]  # the images this step advanced
+    unet_rows: int  # the rows of its one U-Net call: len(seeds) x (K + 1)
+    x0: torch.Tensor | None  # (B, 4, h, w) the scheduler's estimate of the final latents, where it reports one
+
+
+Watch = Callable[[Step], None]
+
+
 def native_size(pipe) -> int:
     return int(pipe.unet.config.sample_size) * (2 ** (len(pipe.vae.config.block_out_channels) - 1))
 
 
 @torch.no_grad()
-def sample(pipe, req: SampleRequest, *, unet_calls: list | None = None) -> torch.Tensor:
+def sample(pipe, req: SampleRequest, *, watch: Watch | None = None) -> torch.Tensor:
     """Images for every seed of ``req``: (len(seeds), 3, H, W) in [0, 1].
 
     Each image depends only on its own seed (not on its batch neighbours), so any image can
-    be regenerated alone. ``unet_calls`` collects the batch size of every U-Net call.
+    be regenerated alone. ``watch``, if given, is called after every step.
     """
+    parts = req.parts
+    states = encode_texts(pipe, [req.negative_prompt] + [p.text for p in parts])  # (K + 1, 77, D)
+    return sample_states(pipe, req, states, [p.weight for p in parts], watch=watch)
+
+
+@torch.no_grad()
+def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Sequence[float], *,
+                  watch: Watch | None = None) -> torch.Tensor:
+    """``sample`` from text-encoder states given directly: (K + 1, 77, D), the negative first,
+    then one per weight; ``req.prompt`` and ``req.negative_prompt`` are not read."""
     if req.steps < 1 or not req.seeds:
         raise LowbudgetError("need at least one step and one seed")
+    if states.shape[0] != len(weights) + 1:
+        raise LowbudgetError(f"{states.shape[0]} text states for {len(weights)} weights: expected one more (the negative)")
     size = req.size or native_size(pipe)
-    parts = req.parts
     device = pipe.unet.device
-    dtype = pipe.unet.dtype
-    cond = encode_texts(pipe, [req.negative_prompt] + [p.text for p in parts]).to(dtype)  # (K + 1, 77, D)
-    weights = torch.tensor([p.weight for p in parts], device=device, dtype=torch.float32)
+    cond = states.to(device, pipe.unet.dtype)
+    weights = torch.tensor(list(weights), device=device, dtype=torch.float32)
     known = _encode_known(pipe, req.inpaint, size) if req.inpaint else None
     chunks = [req.seeds[i : i + req.batch_size] for i in range(0, len(req.seeds), req.batch_size)]
-    return torch.cat([_sample_chunk(pipe, req, seeds, cond, weights, known, size, unet_calls) for seeds in chunks])
+    return torch.cat([_sample_chunk(pipe, req, seeds, cond, weights, known, size, watch) for seeds in chunks])
 
 
 def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor, weights: torch.Tensor,
-                  known: dict | None, size: int, unet_calls: list | None) -> torch.Tensor:
+                  known: dict | None, size: int, watch: Watch | None) -> torch.Tensor:
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
     b, k1 = len(seeds), cond.shape[0]
     scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)  # fresh: multistep solvers keep state
@@ -97,16 +121,17 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
             extra = torch.cat([known["mask"], known["masked"]], dim=1).expand(x.shape[0], -1, -1, -1)
             x = torch.cat([x, extra], dim=1)
         out = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float()
-        if unet_calls is not None:
-            unet_calls.append(x.shape[0])
         uncond, conds = out[:b], out[b:].view(k1 - 1, b, *out.shape[1:])  # (B, ...), (K, B, ...)
         guided = uncond + req.guidance * torch.einsum("k,kb...->b...", weights, conds - uncond)
-        latents = scheduler.step(guided, t, latents).prev_sample
+        stepped = scheduler.step(guided, t, latents)
+        latents = stepped.prev_sample
+        if watch is not None:
+            watch(Step(i, seeds, x.shape[0], getattr(stepped, "pred_original_sample", None)))
         if known is not None and not known["native"]:  # keep the known region on its noisy trajectory
             nxt = timesteps[i + 1 : i + 2]
             target = known["latents"] if len(nxt) == 0 else scheduler.add_noise(known["latents"], noise, nxt)
             latents = known["soft"] * latents + (1 - known["soft"]) * target
-    images = _decode(pipe, latents)
+    images = decode(pipe, latents)
     if known is not None and req.inpaint.paste_back:
         images = paste_back(images, req.inpaint.image.to(images.device), known["soft_pixels"])
     return images
@@ -133,7 +158,8 @@ def _encode_known(pipe, inp: Inpainting, size: int) -> dict:
     return known
 
 
-def _decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 4, h, w) latents -> (B, 3, H, W) images in [0, 1]."""
     vae = pipe.vae
     images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
     return ((images + 1) / 2).clamp(0, 1)  # (B, 3, H, W)

@@ -1,6 +1,8 @@
+"""The measures the interpolation check reports: Spearman's rho and the settle step."""
+
 import numpy as np
 
-from lowbudget.phantoms.compose_check import spearman
+from lowbudget.phantoms.compose_check import settle_step, spearman
 
 
 def test_spearman_matches_pearson_of_ranks_with_ties():
@@ -14,3 +16,10 @@ def test_spearman_matches_pearson_of_ranks_with_ties():
     y = np.array([1.0, 1.0, 2.0, 3.0, 4.0])
     r = np.corrcoef(np.arange(5), [0.5, 0.5, 2, 3, 4])[0, 1]
     assert abs(spearman(x, y) - r) < 1e-12
+
+
+def test_settle_step_is_where_the_estimates_stop_disagreeing_with_the_final_image():
+    assert settle_step([False, True, True, False, False], final=False) == 4
+    assert settle_step([True, True, True], final=True) == 1  # decided from the first step
+    assert settle_step([True, False, True], final=True) == 3
+    assert settle_step([False, False, True], final=False) == 4  # the last estimate disagrees: steps + 1
