@@ -128,8 +128,8 @@ def _strip_figures(w: list[float], gray: np.ndarray, seeds: list[int], decisions
     flagged = scores > cut
     settles = [settle_step(decisions[(x, seed)], bool(flagged[i, j]))
                for j, x in enumerate(w) if 0 < x < 1 for i, seed in enumerate(seeds) if (x, seed) in decisions]
-    return {"rho_mean": float(np.mean([spearman(np.array(w), row) for row in scores])),
-            "rhos": [spearman(np.array(w), row) for row in scores], "weights": w, "scores": scores.tolist(),
+    rhos = [spearman(np.array(w), row) for row in scores]
+    return {"rho_mean": float(np.mean(rhos)), "rhos": rhos, "weights": w, "scores": scores.tolist(),
             "mean_score_by_weight": scores.mean(0).tolist(),
             "decision_monotone": float(np.mean([(np.diff(f.astype(int)) >= 0).all() for f in flagged])),
             "onsets": [w[int(np.argmax(f))] if f.any() else None for f in flagged],

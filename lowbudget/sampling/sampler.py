@@ -53,12 +53,16 @@ class SampleRequest:
 
 @dataclass
 class Step:
-    """One sampling step, as an observer (``watch``) sees it."""
+    """One sampling step, as an observer (``watch``) sees it.
+
+    ``x0`` is the scheduler's estimate, after this step, of the final latents: DDIM and Euler
+    report one; DPM-Solver++ and PNDM do not, and it is None.
+    """
 
     index: int  # 0 .. steps - 1 (of this chunk of seeds)
     seeds: list[int]  # the images this step advanced
     unet_rows: int  # the rows of its one U-Net call: len(seeds) x (K + 1)
-    x0: torch.Tensor | None  # (B, 4, h, w) the scheduler's estimate of the final latents, where it reports one
+    x0: torch.Tensor | None  # (B, 4, h, w)
 
 
 Watch = Callable[[Step], None]
