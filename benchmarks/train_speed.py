@@ -2,7 +2,7 @@
 
 Speed and memory do not depend on the weights' values, so SD-1.5- and SD-2.1-shaped models
 with random weights (written once to the cache) stand in for real checkpoints. Each row runs
-the real command twice in fresh processes, for 2 and for 7 steps, and reports
+the real command twice in fresh processes, for 2 and for 7 steps (``--steps 2,7``), and reports
 
     seconds per step = (wall time of the 7-step run - wall time of the 2-step run) / 5
 
@@ -12,7 +12,8 @@ a GPU) and the start-up time to the first step. The floor is the U-Net forward +
 alone, measured in-process on the same shapes.
 
     python benchmarks/train_speed.py --rows like-for-like            # the comparison row + floor
-    python benchmarks/train_speed.py --rows all --write              # every row; updates README.md
+    python benchmarks/train_speed.py --rows all --write              # every CPU row; writes RESULTS.md
+    python benchmarks/train_speed.py --rows gpu --steps 5,45         # the CUDA rows (fp16 / bf16, 8 GB budget)
 
 Rows run one at a time; nothing else should run on the machine meanwhile.
 """
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,18 @@ def _rows() -> list[Row]:
         Row("TI 16, batch 4", batch=4, groups=("all", "growth")),
         Row("TI 16 on SD 2.1 shape", shape="sd21", overrides={"model.family": "sd2"}),
     ]
-    return rows
+    # A consumer card (8 GB): mixed precision, with and without gradient checkpointing.
+    ti64 = {"method.tokens": [{"name": "<chest-bench>", "init": "chest", "n_vectors": 64}]}
+    ckpt = {"model.gradient_checkpointing": True}
+    gpu = [Row("TI 16 vectors, fp32 (like-for-like recipe)", groups=("gpu",))]
+    for precision in ("fp16", "bf16"):
+        mixed = {"model.precision": precision}
+        gpu += [Row(f"TI 16, {precision}", overrides=mixed),
+                Row(f"TI 64, {precision}", overrides=ti64 | mixed),
+                Row(f"TI 64, {precision}, gradient checkpointing", overrides=ti64 | mixed | ckpt),
+                Row(f"LoRA r4 cross-attn K/V, {precision}", overrides=lora_kv | mixed),
+                Row(f"LoRA r4 cross-attn K/V, {precision}, gradient checkpointing", overrides=lora_kv | mixed | ckpt)]
+    return rows + [replace(row, groups=("gpu",)) for row in gpu]
 
 
 def _cache() -> Path:
@@ -157,64 +169,85 @@ def child(argv: list[str]) -> None:
 
 
 def floor(shape: str, resolution: int, batch: int = 1, repeats: int = 3) -> float:
-    """Median seconds of one U-Net forward + backward to the text conditioning (frozen weights)."""
+    """Median seconds of one U-Net forward + backward to the text conditioning (frozen weights),
+    fp32, on the GPU when there is one."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(build_base(shape) / "unet").requires_grad_(False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    unet = UNet2DConditionModel.from_pretrained(build_base(shape) / "unet").requires_grad_(False).to(device)
     latent = resolution // 8
     width = unet.config.cross_attention_dim
-    x = torch.randn(batch, 4, latent, latent)
-    cond = torch.randn(batch, 77, width, requires_grad=True)
-    t = torch.full((batch,), 500)
+    x = torch.randn(batch, 4, latent, latent, device=device)
+    cond = torch.randn(batch, 77, width, device=device, requires_grad=True)
+    t = torch.full((batch,), 500, device=device)
     times = []
     for _ in range(repeats + 1):  # the first is warm-up
         start = time.perf_counter()
         unet(x, t, cond).sample.pow(2).mean().backward()
+        if device == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
 
-def measure(row: Row) -> dict:
+def measure(row: Row, steps: tuple[int, int] = (2, 7)) -> dict:
     base = build_base(row.shape)
     data = make_data(8, row.resolution)
-    short, long = run_train(row, 2, base, data), run_train(row, 7, base, data)
-    return {"row": row.name, "per_step": (long["wall"] - short["wall"]) / 5, "median_step": long["median_step"],
+    short, long = run_train(row, steps[0], base, data), run_train(row, steps[1], base, data)
+    return {"row": row.name, "per_step": (long["wall"] - short["wall"]) / (steps[1] - steps[0]),
+            "median_step": long["median_step"],
             "startup": long["startup"], "peak_rss_gib": long["peak_rss_gib"], "peak_cuda_gib": long.get("peak_cuda_gib")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="like-for-like", help="like-for-like | growth | all")
+    parser.add_argument("--rows", default="like-for-like", help="like-for-like | growth | all | gpu")
+    parser.add_argument("--only", default="", help="Run only the rows whose name contains this text")
+    parser.add_argument("--steps", type=_step_pair, default=(2, 7), help="short,long step counts (default 2,7)")
     parser.add_argument("--no-floor", action="store_true")
-    parser.add_argument("--write", action="store_true", help="Write the table into benchmarks/README.md")
+    parser.add_argument("--write", action="store_true",
+                        help="Write the table into benchmarks/RESULTS.md (RESULTS-gpu.md on a GPU)")
     args, rest = parser.parse_known_args()
     results = []
     for row in _rows():
-        if args.rows in row.groups:
-            result = measure(row)
+        if args.rows in row.groups and args.only in row.name:
+            result = measure(row, args.steps)
             results.append(result)
             print(json.dumps(result), flush=True)
     fl = None if args.no_floor else floor("sd15", 512)
-    table = _table(results, fl, " ".join(["python", "benchmarks/train_speed.py", *sys.argv[1:]]))
+    table = _table(results, fl, " ".join(["python", "benchmarks/train_speed.py", *sys.argv[1:]]), args.steps)
     print(table)
     if args.write:
-        (ROOT / "benchmarks" / "RESULTS.md").write_text(table)
+        import torch
+
+        (ROOT / "benchmarks" / ("RESULTS-gpu.md" if torch.cuda.is_available() else "RESULTS.md")).write_text(table)
 
 
-def _table(results: list[dict], fl: float | None, command: str) -> str:
+def _step_pair(text: str) -> tuple[int, int]:
+    try:
+        short, long = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps {text!r}: expected two step counts, e.g. 2,7") from None
+    if not 1 <= short < long:
+        raise argparse.ArgumentTypeError(f"--steps {text!r}: expected 1 <= short < long")
+    return short, long
+
+
+def _table(results: list[dict], fl: float | None, command: str, steps: tuple[int, int] = (2, 7)) -> str:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     memory = "peak CUDA GiB" if torch.cuda.is_available() else "peak RSS GiB"
     lines = [f"Machine: {platform.machine()}, {device}, torch {torch.__version__}.  ",
              f"Command: `{command}`", "",
-             f"| row | s/step (7-2 runs) | median s/step | start-up s | {memory} |", "| --- | --- | --- | --- | --- |"]
+             f"| row | s/step ({steps[1]}-{steps[0]} runs) | median s/step | start-up s | {memory} |",
+             "| --- | --- | --- | --- | --- |"]
     for r in results:
         mem = r["peak_cuda_gib"] if r["peak_cuda_gib"] is not None else r["peak_rss_gib"]
         lines.append(f"| {r['row']} | {r['per_step']:.2f} | {r['median_step']:.2f} | {r['startup']:.1f} | {mem:.2f} |")
     if fl is not None:
-        lines += ["", f"Floor: SD 1.5 U-Net forward + backward alone at 512 px, batch 1: {fl:.2f} s (median of 3)."]
+        lines += ["", f"Floor: SD 1.5 U-Net forward + backward alone at 512 px, batch 1, fp32: {fl:.3f} s (median of 3)."]
     return "\n".join(lines) + "\n"
 
 
