@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU is visible to torch {torch.__version__}")
     base = None
     if args.shape:  # the random-weight SD-shaped folder train_speed.py builds
         sys.path.insert(0, str(Path(__file__).parent))
@@ -61,9 +63,9 @@ def main() -> None:
     pipe = load_base(base).pipeline()
     pipe.set_progress_bar_config(disable=True)
     pipe.to(args.device)
-    print(f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else args.device}, torch {torch.__version__}")
+    print(f"device: {torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}, torch {torch.__version__}")
     batched_unet = pipe.unet
-    if args.device == "cuda":  # full fp32 convolutions: TF32 would blur the agreement check
+    if args.device.startswith("cuda"):  # full fp32 convolutions: TF32 would blur the agreement check
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     print("| sub-prompts K | U-Net rows per step | batched s/step | sequential s/step | sequential / batched "
@@ -81,7 +83,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 images[name] = sample(pipe, req)
-                if args.device == "cuda":  # kernels run asynchronously: wait before reading the clock
+                if args.device.startswith("cuda"):  # kernels run asynchronously: wait before reading the clock
                     torch.cuda.synchronize()
                 runs.append((time.perf_counter() - start) / args.steps)
             timings[name] = statistics.median(runs)

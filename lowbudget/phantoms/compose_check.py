@@ -89,11 +89,10 @@ def text_state_reference(pipe, sampling: Sampling, seeds: list[int], weights: in
 
     negative, ca, cb = encode_texts(pipe, ["", TEMPLATE.format(A), TEMPLATE.format(B)])  # 3 x (77, D)
     w, decisions, columns = interpolation_weights(weights), {}, []
-    record = _decision_recorder(pipe, decisions)
+    record, request = _decision_recorder(pipe, decisions), _request(sampling, seeds)
     for x in w:
         states = torch.stack([negative, (1 - x) * ca + x * cb])  # (2, 77, D)
-        columns.append(sample_states(pipe, _request(sampling, seeds), states, [1.0],
-                                     watch=lambda step, x=x: record(x, step)))
+        columns.append(sample_states(pipe, request, states, [1.0], watch=lambda step, x=x: record(x, step)))
     return _strip_figures(w, torch.stack(columns, dim=1).mean(dim=2).cpu().numpy(), seeds, decisions)
 
 
@@ -242,8 +241,9 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
             {"interpolation": interp, "interpolation_reference": reference, "combination": comb, "inpainting": inp})
 
 
-def _median_range(values: list) -> str:
-    return f"{np.median(values):g} ({min(values)}-{max(values)})" if values else "(not recorded)"
+def _median_range(values: list, fmt: str, empty: str) -> str:
+    """'median (min-max)', or ``empty`` when there are no values."""
+    return f"{np.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})" if values else empty
 
 
 def _interpolation_detail(interp: dict, steps: int) -> list[str]:
@@ -257,8 +257,9 @@ def _interpolation_detail(interp: dict, steps: int) -> list[str]:
         progress = r.get("conditioning_progress")
         rows.append([method, " / ".join(f"{s:.3f}" for s in r["mean_score_by_weight"]),
                      f"{r['decision_monotone']:.2f}",
-                     f"{np.median(onsets):.2f} ({min(onsets):.2f}-{max(onsets):.2f})" if onsets else "never",
-                     f"{r['change']['before']:.1f} / {r['change']['at']:.1f}", _median_range(r["settle_steps"]),
+                     _median_range(onsets, ".2f", "never"),
+                     f"{r['change']['before']:.1f} / {r['change']['at']:.1f}",
+                     _median_range(r["settle_steps"], "g", "(not recorded)"),
                      " / ".join(f"{x:.2f}" for x in progress) if progress else "(mixes noise predictions)"])
     weights = " / ".join(f"{w:.2f}" for w in next(iter(interp.values()))["weights"])
     return markdown_table(["method", f"mean effusion score at w = {weights}", "share of seeds whose detection, once on, stays on",
