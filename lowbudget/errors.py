@@ -6,6 +6,10 @@ what was expected. ``lowbudget.cli.main`` turns these into a message and a non-z
 else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import re
+
 
 class LowbudgetError(Exception):
     """Base class: the message is shown to the user as is."""
@@ -29,3 +33,31 @@ class AdapterError(LowbudgetError):
 
 class TrainingError(LowbudgetError):
     """Training cannot continue (non-finite loss, missing checkpoint, ...)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+
+
+def one_line(text: str) -> str:
+    """``text`` without terminal escape codes or control characters, its lines joined by spaces."""
+    text = _ANSI.sub("", text)
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def quote(exc: BaseException | str, limit: int = 160) -> str:
+    """Another library's message, fit to stand inside one of ours.
+
+    Terminal escape codes go (torch colours parts of its pickle errors), the text is cut to its
+    first line, and a long line is shortened at a word boundary with an ellipsis, never mid-word.
+    An empty message becomes the exception's type name.
+    """
+    text = _ANSI.sub("", exc if isinstance(exc, str) else str(exc))
+    first = next((line for line in map(one_line, text.splitlines()) if line), "")
+    if not first:
+        return "no message" if isinstance(exc, str) else type(exc).__name__
+    if len(first) <= limit:
+        return first
+    cut = first[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.(") + "…"

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lowbudget.errors import AdapterError
+from lowbudget.errors import AdapterError, quote
 from lowbudget.io import atomic_write, atomic_write_text, sha256_file
 
 INDEX = "index.json"
@@ -39,7 +39,7 @@ def read_index(folder: str | Path) -> list[LibraryEntry]:
         rows = json.loads(path.read_text())["embeddings"]
         return [LibraryEntry(**row) for row in rows]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AdapterError(f"'{path}' is not a valid library index ({exc})") from None
+        raise AdapterError(f"'{path}' is not a valid library index ({quote(exc)})") from None
 
 
 def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED, description: str = "") -> LibraryEntry:

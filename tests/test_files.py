@@ -112,9 +112,9 @@ def test_code_carrying_pickle_is_refused_and_never_runs(tmp_path):
             return (marker.touch, ())
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"string_to_param": {"*": Evil()}}))
-    with pytest.raises(AdapterError, match="refusing .*evil.pt.*holds more than tensors"):
+    with pytest.raises(AdapterError, match="refusing .*evil.pt.*more than tensors") as err:
         read_embedding(tmp_path / "evil.pt")
-    assert not marker.exists()
+    assert not marker.exists() and "\x1b" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_width_mismatch_names_both_widths_and_families(tmp_path, base768):
@@ -187,10 +187,139 @@ def test_inspect_and_convert_from_the_cli(monkeypatch, capsys, tmp_path, tiny_ba
     code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "a1111", "-o", tmp_path / "e.pt")
     assert code == 0 and torch.equal(read_embedding(tmp_path / "e.pt").vectors(), vectors)
     code, _, err = run(monkeypatch, capsys, "convert", tmp_path / "e.pt", "--to", "comfyui")
-    assert code == 0 and "embedding:e-comfyui" in err
+    assert code == 0 and "embedding:eff" in err and (tmp_path / "comfyui" / "eff.safetensors").is_file()
     code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "a1111", "-o", tmp_path / "e.pt")
     assert_one_line_error(code, err, r"already exists; choose another --output")
     code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "webui")
     assert_one_line_error(code, err, r"--to 'webui' is not a known layout")
     code, _, err = run(monkeypatch, capsys, "inspect", tmp_path / "missing.safetensors")
     assert_one_line_error(code, err, r"does not exist")
+
+
+A1111_ENTRY_RULE = r"^([^/]+)/((data/\d+)|version|(data\.pkl))$"  # modules/safe.py: allowed_zip_names_re
+# The globals A1111's RestrictedUnpickler.find_class admits that a tensor dict can use
+A1111_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                 ("torch._utils", "_rebuild_parameter"), ("torch", "FloatStorage"), ("torch", "HalfStorage"),
+                 ("torch.nn.modules.container", "ParameterDict"), ("__builtin__", "set")}
+
+
+def pickle_globals(data: bytes) -> set[tuple[str, str]]:
+    """Every global a pickle asks for (GLOBAL and protocol-4 STACK_GLOBAL alike)."""
+    import pickletools
+
+    found, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            found.add(tuple(arg.split(" ", 1)))
+        elif op.name == "STACK_GLOBAL":
+            found.add((strings[-2], strings[-1]))
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return found
+
+
+def test_a1111_pt_passes_the_web_ui_safe_unpickle_check(monkeypatch, capsys, tmp_path, tiny_base):
+    import re
+
+    from diffusers import StableDiffusionPipeline
+
+    path, vectors = lowbudget_file(tmp_path, token="<pleural-effusion>")
+    code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "a1111")
+    target = tmp_path / "a1111" / "pleural-effusion.pt"
+    assert code == 0 and target.is_file(), err
+    with zipfile.ZipFile(target) as z:
+        names = z.namelist()
+        data_pkl = [n for n in names if n.endswith("/data.pkl")]
+        assert all(re.match(A1111_ENTRY_RULE, n) for n in names), names
+        assert len(data_pkl) == 1 and {n.split("/")[0] for n in names} == {"pleural-effusion"}
+        assert pickle_globals(z.read(data_pkl[0])) <= A1111_GLOBALS
+    loaded = torch.load(target, weights_only=True)  # what A1111 calls once the check passes
+    assert torch.equal(loaded["string_to_param"]["*"], vectors) and loaded["name"] == "<pleural-effusion>"
+    assert torch.equal(read_embedding(target).vectors(), vectors)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, local_files_only=True)
+    pipe.load_textual_inversion(str(target))  # plain diffusers names it by the file's "name"
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<pleural-effusion>"] + [f"<pleural-effusion>_{i}" for i in range(1, 4)])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids].detach(), vectors)
+
+
+def torch1_parameter_dict_pt(path, vectors):
+    """A .pt the way the original textual-inversion code (torch 1.11) saved it.
+
+    ``string_to_param`` is an ``nn.ParameterDict`` whose pickled state is torch 1.11's module
+    attributes: the parameters in ``_parameters``, no ``_keys``; ``string_to_token`` holds a tensor.
+    """
+    params = torch.nn.ParameterDict()
+    state = {"training": True, "_parameters": {"*": torch.nn.Parameter(vectors)}, "_buffers": {},
+             "_non_persistent_buffers_set": set(), "_backward_hooks": {}, "_is_full_backward_hook": None,
+             "_forward_hooks": {}, "_forward_pre_hooks": {}, "_state_dict_hooks": {},
+             "_load_state_dict_pre_hooks": {}, "_load_state_dict_post_hooks": {}, "_modules": {}}
+    import collections
+
+    params.__dict__.clear()
+    params.__dict__.update({k: collections.OrderedDict(v) if isinstance(v, dict) else v for k, v in state.items()})
+    torch.save({"string_to_token": {"*": torch.tensor(265)}, "string_to_param": params}, path)
+    return path
+
+
+def test_original_ti_parameter_dict_layout_is_read_safely(tmp_path):
+    vectors = torch.randn(3, 32)
+    path = torch1_parameter_dict_pt(tmp_path / "old-style.pt", vectors)
+    with zipfile.ZipFile(path) as z:
+        assert ("torch.nn.modules.container", "ParameterDict") in pickle_globals(z.read("old-style/data.pkl"))
+    emb = read_embedding(path)
+    assert emb.layout == "a1111" and emb.token == "<old-style>" and torch.equal(emb.vectors(), vectors)
+
+
+def test_a_parameter_dict_does_not_open_the_door_to_other_modules(tmp_path):
+    torch.save({"string_to_param": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
+    with pytest.raises(AdapterError, match=r"refusing .*module.pt.*'torch.nn.modules.linear.Linear'") as err:
+        read_embedding(tmp_path / "module.pt")
+    message = str(err.value)
+    assert "\x1b" not in message and "\n" not in message and message.endswith("only loads weights")
+
+
+def test_quoted_library_messages_are_clean_and_whole_words():
+    from lowbudget.errors import quote
+
+    raw = "Weights only load failed. \x1b[1mdo those steps only if you trust the source\x1b[0m.\n\t(1) more"
+    assert quote(raw) == "Weights only load failed. do those steps only if you trust the source."
+    long = "alpha " * 50
+    short = quote(long, limit=40)
+    assert short.endswith("…") and len(short) <= 40 and short[:-1].split() == ["alpha"] * len(short[:-1].split())
+    assert quote(ValueError("")) == "ValueError"
+    from lowbudget.errors import one_line
+
+    assert one_line("cannot load:\n  \x1b[31mbad\x1b[0m\theader") == "cannot load: bad header"
+
+
+def test_convert_names_files_by_the_token_word_and_inspect_lists_triggers(monkeypatch, capsys, tmp_path):
+    import json
+
+    path, _ = lowbudget_file(tmp_path, token="<eff>")
+    for layout, name in (("a1111", "eff.pt"), ("kohya", "eff.safetensors"), ("comfyui", "eff.safetensors")):
+        code, _, err = run(monkeypatch, capsys, "convert", path, "--to", layout)
+        assert code == 0 and (tmp_path / layout / name).is_file(), err
+    code, out, _ = run(monkeypatch, capsys, "inspect", tmp_path / "kohya" / "eff.safetensors", "--json")
+    triggers = json.loads(out)[0]["triggers"]
+    assert triggers == {"lowbudget": "<eff>", "diffusers": "emb_params (the file's key), unless you pass token=",
+                        "A1111": "eff", "kohya": "eff", "ComfyUI": "embedding:eff"}
+    code, out, _ = run(monkeypatch, capsys, "inspect", tmp_path / "a1111" / "eff.pt")
+    assert "type in A1111     eff" in out and "type in diffusers <eff>" in out
+    code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "a1111", "-o", tmp_path / "other.pt")
+    assert code == 0 and "trigger it by its file name 'other', not 'eff'" in err
+    # 'eff' is a CLIP word: kohya's generator would refuse eff.safetensors ("please rename the file")
+    code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "kohya", "-o", tmp_path / "k" / "eff.safetensors")
+    assert code == 0 and "kohya's gen_img refuses a file named 'eff': 'eff' is already a word" in err
+    code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "kohya", "-o", tmp_path / "k" / "pleural-eff.safetensors")
+    assert code == 0 and "refuses" not in err
+
+
+def test_inspect_names_lora_targets_whole(monkeypatch, capsys, tmp_path):
+    import json
+
+    tensors = {f"unet.down_blocks.0.attentions.0.transformer_blocks.0.{m}.lora_{ab}.weight": torch.zeros(2, 2)
+               for m in ("attn1.to_out.0", "attn2.to_k") for ab in "AB"}
+    tensors["text_encoder.text_model.encoder.layers.1.self_attn.q_proj.lora_A.weight"] = torch.zeros(2, 2)
+    save_file(tensors, tmp_path / "lora.safetensors")
+    code, out, _ = run(monkeypatch, capsys, "inspect", tmp_path / "lora.safetensors", "--json")
+    assert code == 0 and json.loads(out)[0]["targets"] == ["attn1.to_out.0", "attn2.to_k", "self_attn.q_proj"]

@@ -58,10 +58,19 @@ class Provenance:
         }
 
 
+def trigger_word(token: str) -> str:
+    """The word a file is named after: the token without its brackets, safe in any file system.
+
+    A1111, kohya's generator and ComfyUI trigger an embedding by its file stem, so a file named
+    after this word is typed the same way everywhere ('<effusion>' -> 'effusion').
+    """
+    word = "".join(c if c.isalnum() or c in "-_." else "-" for c in token.strip().strip("<>"))
+    return word.strip("-.") or "token"
+
+
 def token_file_name(token: str) -> str:
     """'<prostate-mri>' -> 'prostate-mri.safetensors'."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in token.strip("<>")).strip("-.") or "token"
-    return f"{stem}.safetensors"
+    return f"{trigger_word(token)}.safetensors"
 
 
 def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, provenance: Provenance, *,

@@ -10,17 +10,29 @@ Layouts (see ``shared/BRIEF.md``):
                  prompts by file name (``embedding:<stem>``)
 
 Pickles are only ever opened with ``torch.load(weights_only=True)``, which rebuilds tensors
-and plain containers and refuses anything that would run code.
+and plain containers and refuses anything that would run code. One container more is admitted:
+``torch.nn.ParameterDict``, in which the original textual-inversion code and early A1111 stored
+``string_to_param``; its state is plain dicts and tensors.
+
+A1111 checks a ``.pt`` before loading it: every entry of the zip archive must match
+``^([^/]+)/((data/\d+)|version|(data\.pkl))$``. Current torch writes more entries than that
+(``.format_version``, ``byteorder``, ...), so the A1111 file is re-packed with only those, in a
+folder named after the file's stem.
 """
 
 from __future__ import annotations
 
+import io
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from lowbudget.errors import AdapterError
+from lowbudget.adapters.files import trigger_word
+from lowbudget.errors import AdapterError, quote
 from lowbudget.io import atomic_write
 
 WRITABLE = ("diffusers", "a1111", "kohya", "comfyui")
@@ -72,18 +84,23 @@ def read_embedding(path: str | Path, token: str | None = None) -> EmbeddingFile:
     return EmbeddingFile(path, layout, token or metadata.get("token") or name, parts, metadata)
 
 
-def _load_pickle(path: Path) -> dict:
-    import pickle
+_A1111_ENTRY = re.compile(r"(data/\d+)|version|data\.pkl")  # an entry's name below the archive's folder
+_FORBIDDEN_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
+
+def _load_pickle(path: Path) -> dict:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([torch.nn.ParameterDict]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        named = _FORBIDDEN_GLOBAL.search(str(exc))
+        what = f"'{named.group(1)}'" if named else quote(exc, 80)
         raise AdapterError(
-            f"refusing '{path}': the pickle holds more than tensors (possibly code), and lowbudget only loads "
-            f"weights ({str(exc).splitlines()[0][:120]})"
+            f"refusing '{path}': the pickle asks for {what}, more than tensors and plain containers "
+            f"(possibly code), and lowbudget only loads weights"
         ) from None
     except Exception as exc:
-        raise AdapterError(f"cannot read '{path}' as a PyTorch file: {type(exc).__name__}") from None
+        raise AdapterError(f"cannot read '{path}' as a PyTorch file: {quote(exc)}") from None
     if not isinstance(data, dict):
         raise AdapterError(f"'{path}' holds a {type(data).__name__}, not an embedding dict")
     return data
@@ -96,13 +113,15 @@ def _load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
         with safe_open(str(path), framework="pt") as fh:
             return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
     except Exception as exc:
-        raise AdapterError(f"cannot read '{path}' as safetensors: {exc}") from None
+        raise AdapterError(f"cannot read '{path}' as safetensors: {quote(exc)}") from None
 
 
 def _interpret(path: Path, data: dict) -> tuple[str, str, dict[str, torch.Tensor]]:
     default_name = f"<{path.name.split('.')[0]}>"
     if "string_to_param" in data:
         params = data["string_to_param"]
+        if isinstance(params, torch.nn.ParameterDict):  # original TI / early A1111: tensors in _parameters
+            params = dict(vars(params).get("_parameters") or {})
         if not isinstance(params, dict) or not params:
             raise AdapterError(f"'{path}': string_to_param is empty")
         name = str(data.get("name") or default_name)
@@ -153,12 +172,61 @@ def write_embedding(emb: EmbeddingFile, layout: str, path: str | Path) -> Path:
             "sd_checkpoint_name": metadata.get("base_model"),
             "lowbudget": metadata,
         }
-        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        archive = a1111_archive(payload, Path(path).name.split(".")[0])
+        return atomic_write(path, lambda tmp: tmp.write_bytes(archive))
     key = "emb_params" if layout == "kohya" else emb.token
     return atomic_write(path, lambda tmp: save_file({key: tensor}, str(tmp), metadata=metadata))
 
 
-def default_output(emb: EmbeddingFile, layout: str) -> Path:
-    suffix = ".pt" if layout == "a1111" else ".safetensors"
+def a1111_archive(payload: dict, stem: str) -> bytes:
+    """``torch.save(payload)`` as a zip that passes A1111's safe-unpickle entry check.
+
+    Only ``data.pkl``, ``data/<n>`` and ``version`` are kept, in their order, under ``<stem>/``;
+    torch reads such an archive as it reads its own (the other entries are optional to it).
+    """
+    saved = io.BytesIO()
+    torch.save(payload, saved)
+    out = io.BytesIO()
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for entry in src.infolist():
+            name = entry.filename.partition("/")[2]
+            if _A1111_ENTRY.fullmatch(name):
+                dst.writestr(f"{stem}/{name}", src.read(entry))
+    return out.getvalue()
+
+
+def triggers(emb: EmbeddingFile) -> dict[str, str]:
+    """What to type in each tool's prompt to use this file, as each tool's loader names it."""
     stem = emb.path.name.split(".")[0]
-    return emb.path.with_name(f"{stem}-{layout}{suffix}")
+    if emb.layout == "sdxl":
+        diffusers = f"the token= you pass, once per text encoder (e.g. {emb.token})"
+    elif emb.layout == "kohya":
+        diffusers = "emb_params (the file's key), unless you pass token="
+    else:  # diffusers loads a single-key file under its key and an A1111 file under its "name"
+        diffusers = emb.token
+    return {"lowbudget": emb.token, "diffusers": diffusers, "A1111": stem, "kohya": stem,
+            "ComfyUI": f"embedding:{stem}"}
+
+
+def naming_notes(written: EmbeddingFile, token: str, vocab: dict[str, int]) -> list[str]:
+    """What the name of a converted file means for the tools that trigger an embedding by it.
+
+    ``vocab`` is the CLIP vocabulary: kohya's generator adds ``stem, stem1, ..., stem<n-1>`` to
+    the tokenizer and refuses the file when one of them is already a word ('eff' is).
+    """
+    stem = written.path.name.split(".")[0]
+    notes = []
+    if stem != trigger_word(token):
+        notes.append(f"A1111, kohya and ComfyUI will trigger it by its file name '{stem}', not '{trigger_word(token)}'")
+    words = [stem] + [f"{stem}{i}" for i in range(1, int(written.vectors().shape[0]))]
+    clash = next((w for w in words if w in vocab), None)
+    if clash:
+        notes.append(f"kohya's gen_img refuses a file named '{stem}': '{clash}' is already a word of the CLIP "
+                     f"vocabulary; give another --output name for kohya")
+    return notes
+
+
+def default_output(emb: EmbeddingFile, layout: str) -> Path:
+    """``<folder>/<layout>/<word>.pt|.safetensors``: named so that the trigger word stays the token's."""
+    suffix = ".pt" if layout == "a1111" else ".safetensors"
+    return emb.path.parent / layout / f"{trigger_word(emb.token)}{suffix}"

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
-from lowbudget.adapters.formats import read_embedding
+from lowbudget.adapters.formats import read_embedding, triggers
 from lowbudget.adapters.load import is_lora_file
 from lowbudget.errors import AdapterError
 from lowbudget.io import sha256_file
 
+_BLOCK_LISTS = {"down_blocks", "up_blocks", "attentions", "transformer_blocks", "resnets", "layers",
+                "downsamplers", "upsamplers"}
 _SHOWN_METADATA = ("lowbudget_format", "base_model", "base_fingerprint", "init", "modality", "n_images", "steps",
                    "lowbudget_version", "created", "description", "license")
 
@@ -44,7 +46,7 @@ def _describe_embedding(path: Path, base: Any) -> dict[str, Any]:
         }
         for name, t in emb.parts.items()
     }
-    report = {"kind": "embedding", "layout": emb.layout, "token": emb.token, "parts": parts,
+    report = {"kind": "embedding", "layout": emb.layout, "token": emb.token, "triggers": triggers(emb), "parts": parts,
               "metadata": {k: emb.metadata[k] for k in _SHOWN_METADATA if emb.metadata.get(k)}}
     if base is not None:
         try:
@@ -62,7 +64,7 @@ def _describe_lora(path: Path, base: Any) -> dict[str, Any]:
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         metadata = dict(fh.metadata() or {})
     ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if "lora_A" in k or "lora_down" in k})
-    targets = sorted({k.split(".lora")[0].split(".")[-1] for k in tensors if ".lora" in k})
+    targets = sorted({lora_target(k) for k in tensors if ".lora" in k})
     report = {
         "kind": "lora",
         "layout": "diffusers" if any(k.startswith("unet.") for k in tensors) else "other",
@@ -83,12 +85,27 @@ def _describe_lora(path: Path, base: Any) -> dict[str, Any]:
     return report
 
 
+def lora_target(key: str) -> str:
+    """The module a LoRA tensor adapts, named whole below its numbered block.
+
+    '...transformer_blocks.0.attn1.to_out.0.lora_A.weight' -> 'attn1.to_out.0' (not '0');
+    '...layers.3.self_attn.q_proj.lora_B.weight' -> 'self_attn.q_proj': the names peft's
+    ``target_modules`` match.
+    """
+    parts = key.split(".lora")[0].split(".")
+    cut = max((i + 1 for i in range(1, len(parts)) if parts[i].isdigit() and parts[i - 1] in _BLOCK_LISTS), default=0)
+    if cut == 0 and parts[0] in ("unet", "text_encoder"):
+        cut = 1
+    return ".".join(parts[cut:])
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable lines for one report."""
     lines = [report["path"], f"  kind              {report['kind']} ({report['layout']} layout)",
              f"  size              {report['bytes']:,} bytes", f"  sha256            {report['sha256']}"]
     if report["kind"] == "embedding":
         lines.append(f"  token             {report['token']}")
+        lines += [f"  type in {tool:<9} {word}" for tool, word in report["triggers"].items()]
         for name, part in report["parts"].items():
             norms = part["norms"]
             lines.append(f"  {name:<17} {part['shape'][0]} x {part['shape'][1]} {part['dtype']}; vector norms "

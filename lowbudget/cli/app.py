@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from lowbudget.errors import LowbudgetError
+from lowbudget.errors import LowbudgetError, one_line
 
 app = typer.Typer(
     name="lowbudget",
@@ -66,5 +66,5 @@ def main() -> None:
     except LowbudgetError as exc:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(str(exc))}", err=True)  # one line, whatever a message quoted
         sys.exit(1)

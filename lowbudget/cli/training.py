@@ -68,8 +68,13 @@ def convert(
     token: Optional[str] = typer.Option(None, "--token", help="Token name to store (default: the file's own)."),
     width: Optional[int] = typer.Option(None, "--width", help="SDXL files: keep the part of this width (768 or 1280)."),
 ) -> None:
-    """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI."""
-    from lowbudget.adapters.formats import default_output, read_embedding, write_embedding
+    """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI.
+
+    The new file is named after the token's word (default: <layout>/<word>.pt|.safetensors beside
+    FILE), because A1111, kohya and ComfyUI trigger an embedding by its file name.
+    """
+    from lowbudget.adapters.formats import default_output, naming_notes, read_embedding, triggers, write_embedding
+    from lowbudget.models.tokenizer import clip_tokenizer
 
     emb = read_embedding(file, token)
     if width is not None:
@@ -79,8 +84,11 @@ def convert(
         raise LowbudgetError(f"'{target}' already exists; choose another --output")
     write_embedding(emb, to, target)
     info(f"wrote {target} ({to} layout, token {emb.token})")
-    if to == "comfyui":
-        info(f"in ComfyUI: copy it to models/embeddings/ and write embedding:{target.name.split('.')[0]} in a prompt")
+    written = read_embedding(target)
+    for tool, word in triggers(written).items():
+        info(f"  type in {tool + ':':<10} {word}")
+    for note in naming_notes(written, emb.token, clip_tokenizer().get_vocab()):
+        info(f"note: {note}")
 
 
 @app.command("check-recipe")

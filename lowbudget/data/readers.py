@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbudget.errors import quote
 from lowbudget.recipe import DataConfig
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -65,7 +66,7 @@ def read_image_scaled(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
     except UnreadableImage:
         raise
     except Exception as exc:  # each library has its own error types for corrupt files
-        raise UnreadableImage(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}") from exc
+        raise UnreadableImage(f"{type(exc).__name__}: {quote(exc) if str(exc).strip() else 'unreadable'}") from exc
     if not np.isfinite(arr).all():
         raise UnreadableImage("contains NaN or infinite values")
     if min(arr.shape[:2]) < 8:

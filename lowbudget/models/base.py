@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lowbudget.errors import ModelError
+from lowbudget.errors import ModelError, quote
 
 _FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 FAMILIES = {768: "sd1", 1024: "sd2"}
@@ -175,8 +175,7 @@ def _load_folder(path: Path) -> BaseModel:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
         scheduler_config = _read_scheduler_config(path / "scheduler")
     except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load base model folder '{path}': {first_line}") from exc
+        raise ModelError(f"cannot load base model folder '{path}': {quote(exc)}") from exc
     return BaseModel(
         name=path.name,
         source=str(path),

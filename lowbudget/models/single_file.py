@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lowbudget.errors import ModelError
+from lowbudget.errors import ModelError, quote
 from lowbudget.models.base import BaseModel
 
 # Where the text width of each family lives in an original (LDM) checkpoint.
@@ -39,7 +39,7 @@ def detect_family(path: Path) -> str:
     except ModelError:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ModelError(f"cannot read '{path}' as safetensors: {exc}") from exc
+        raise ModelError(f"cannot read '{path}' as safetensors: {quote(exc)}") from exc
     raise ModelError(
         f"'{path}' holds a U-Net but no SD 1.x or SD 2.x text encoder; SDXL and other families are not supported"
     )
@@ -94,8 +94,7 @@ def load_single_file(path: Path) -> BaseModel:
             requires_safety_checker=False,
         )
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot load single-file checkpoint '{path}': {first}") from exc
+        raise ModelError(f"cannot load single-file checkpoint '{path}': {quote(exc)}") from exc
     scheduler_config = dict(pipe.scheduler.config)
     return BaseModel(
         name=path.stem,
