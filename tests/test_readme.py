@@ -66,7 +66,7 @@ def test_readme_has_the_commands_we_promise():
     commands = " ".join(readme_commands())
     for verb in ("train", "inspect", "convert", "check-recipe", "phantoms", "make-base", "library add", "library verify",
                  "generate", "compose", "inpaint", "report", "benchmark", "pretrain-base",
-                 "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier"):
+                 "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier", "doctor"):
         assert f"lowbudget {verb}" in commands
     assert "make demo" in README and "make test" in README
 

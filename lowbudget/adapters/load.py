@@ -62,5 +62,6 @@ def _load_lora(pipe: Any, path: Path, base_name: str, warn: Callable[[str], None
     for message in fingerprint_warnings(metadata, pipe.tokenizer, pipe.text_encoder, base_name, str(path)):
         warn(message)
     name = path.parent.name if path.name == LORA_WEIGHT_NAME else path.stem
-    pipe.load_lora_weights(str(path), adapter_name=name)
+    # folder + weight_name: diffusers 0.38 refuses a bare file path in offline mode; 0.42 takes either
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
     return name

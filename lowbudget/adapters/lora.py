@@ -13,11 +13,12 @@ peft initialises ``lora_B`` to zero, so an attached adapter is an exact no-op un
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
 from typing import Any
 
 import torch
 
-from lowbudget.errors import AdapterError
+from lowbudget.errors import AdapterError, quote
 from lowbudget.models.base import BaseModel
 from lowbudget.recipe import LoraConfig
 
@@ -26,7 +27,8 @@ PRESET_TARGETS = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
 }
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-PEFT_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_weights", "use_dora", "bias")
+PEFT_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_weights", "use_dora", "bias",
+             "rank_pattern", "alpha_pattern")  # diffusers 0.38 fails to load a LoRA without rank_pattern
 
 
 def unet_targets(cfg: LoraConfig) -> list[str]:
@@ -45,12 +47,17 @@ def attach_lora(base: BaseModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
         base.unet.add_adapter(peft_config(unet_targets(cfg)))
         if cfg.text_encoder:
             base.text_encoder.add_adapter(peft_config(TEXT_ENCODER_TARGETS))
-    except ValueError as exc:  # peft: "Target modules ... not found in the base model"
-        raise AdapterError(f"method.lora: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:  # peft: "Target modules ... not found"; transformers: "PEFT ... not compatible"
+        raise AdapterError(f"method.lora: {quote(exc)} (installed: {_stack()}; `lowbudget doctor` checks "
+                           f"the whole stack)") from None
     params = [p for _, p in lora_parameters(base)]
     for p in params:  # trainable tensors stay fp32 whatever the frozen weights' precision
         p.data = p.data.float()
     return params
+
+
+def _stack() -> str:
+    return ", ".join(f"{name} {metadata.version(name)}" for name in ("peft", "transformers", "diffusers"))
 
 
 def lora_parameters(base: BaseModel) -> list[tuple[str, torch.nn.Parameter]]:

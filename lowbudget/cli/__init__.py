@@ -9,13 +9,14 @@ one-line message on stderr and exit code 1; ``--debug`` shows the traceback inst
   sampling.py      generate, compose, inpaint
   phantom_world.py phantoms, report, pretrain-base, benchmark
   evaluation.py    evaluate diversity / realism / classifier / memorisation / all
+  environment.py   doctor
 """
 
 from importlib import import_module
 
 from lowbudget.cli.app import app, main
 
-for _group in ("training", "sampling", "phantom_world", "evaluation"):  # importing a group registers its commands
+for _group in ("training", "sampling", "phantom_world", "evaluation", "environment"):  # importing a group registers its commands
     import_module(f"lowbudget.cli.{_group}")
 
 __all__ = ["app", "main"]
