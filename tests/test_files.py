@@ -2,6 +2,7 @@
 
 import io
 import pickle
+import re
 import struct
 import zipfile
 
@@ -219,8 +220,6 @@ def pickle_globals(data: bytes) -> set[tuple[str, str]]:
 
 
 def test_a1111_pt_passes_the_web_ui_safe_unpickle_check(monkeypatch, capsys, tmp_path, tiny_base):
-    import re
-
     from diffusers import StableDiffusionPipeline
 
     path, vectors = lowbudget_file(tmp_path, token="<pleural-effusion>")
@@ -323,3 +322,79 @@ def test_inspect_names_lora_targets_whole(monkeypatch, capsys, tmp_path):
     save_file(tensors, tmp_path / "lora.safetensors")
     code, out, _ = run(monkeypatch, capsys, "inspect", tmp_path / "lora.safetensors", "--json")
     assert code == 0 and json.loads(out)[0]["targets"] == ["attn1.to_out.0", "attn2.to_k", "self_attn.q_proj"]
+
+
+def torch_zip_pt(path, pickle_bytes):
+    """A .pt archive around a hand-written pickle (what an attacker controls)."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{path.stem}/data.pkl", pickle_bytes)
+        z.writestr(f"{path.stem}/version", b"3\n")
+    return path
+
+
+def test_hostile_pickles_are_refused_before_they_cost_time_or_memory(tmp_path):
+    import time
+
+    laughs = ["lol"] * 10  # 10**26 strings once expanded; 2 KB on disk
+    for _ in range(25):
+        laughs = [laughs] * 10
+    torch.save({"string_to_param": {"*": torch.zeros(1, 4)}, "name": laughs}, tmp_path / "laughs.pt")
+    tuples = ("lol",) * 10  # as tuples: used as a dict key, hashing it inside torch.load would never end
+    for _ in range(25):
+        tuples = (tuples,) * 10
+    torch.save({"string_to_param": {"*": torch.zeros(1, 4)}, "extra": tuples}, tmp_path / "laughs-tuples.pt")
+    head = b"\x80\x02}X\x04\x00\x00\x00name"  # PROTO 2, EMPTY_DICT, BINUNICODE 'name'
+    torch_zip_pt(tmp_path / "deep.pt", head + b"]" * 5000 + b"a" * 4999 + b"s.")  # lists in lists
+    torch_zip_pt(tmp_path / "deep-tuples.pt", head + b"]" + b"\x85" * 5000 + b"s.")  # TUPLE1: constant stack
+    zeros = io.BytesIO()
+    torch.save({"string_to_param": {"*": torch.zeros(20_000_000, 4)}}, zeros)  # 305 MiB of zeros
+    with zipfile.ZipFile(io.BytesIO(zeros.getvalue())) as src, \
+            zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for entry in src.infolist():
+            dst.writestr(entry.filename, src.read(entry))
+    assert (tmp_path / "bomb.pt").stat().st_size < 1 << 20
+    cases = {"laughs.pt": "refers to one container from two places", "laughs-tuples.pt": "from two places",
+             "deep.pt": "nests containers more than 64 deep", "deep-tuples.pt": "more than 64 deep",
+             "bomb.pt": r"unpacks to 305\.2 MiB from 0\.\d MiB"}
+    for name, why in cases.items():
+        started = time.perf_counter()
+        with pytest.raises(AdapterError, match=rf"refusing '.*{name}': its (pickle|archive) .*{why}"):
+            read_embedding(tmp_path / name)
+        assert time.perf_counter() - started < 5, name
+
+
+def test_fields_are_type_checked_and_shared_tensors_still_load(tmp_path, monkeypatch, capsys):
+    t = torch.randn(2, 4)
+    torch.save({"string_to_param": {"*": t}, "name": ["not", "a", "string"]}, tmp_path / "odd-name.pt")
+    code, _, err = run(monkeypatch, capsys, "inspect", tmp_path / "odd-name.pt")
+    assert_one_line_error(code, err, r"odd-name.pt': field 'name' is a list; expected a string")
+    torch.save({"string_to_param": {"*": t}, "backup": t, "name": "twice"}, tmp_path / "twice.pt")
+    torch.save({"string_to_param": {"*": t}, "name": "legacy"}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)  # the pre-1.6 format: five pickles, then raw data
+    assert torch.equal(read_embedding(tmp_path / "twice.pt").vectors(), t)
+    assert torch.equal(read_embedding(tmp_path / "legacy.pt").vectors(), t)
+
+
+def test_unusable_embeddings_are_refused_everywhere_and_shown_by_inspect(monkeypatch, capsys, tmp_path):
+    import json
+
+    cases = {
+        "nan": ({"<nan>": torch.full((2, 32), float("nan"))}, "holds NaN or infinite values"),
+        "empty": ({"<empty>": torch.zeros(0, 32)}, r"holds no vectors \(shape \[0, 32\]\)"),
+        "huge": ({"<huge>": torch.full((2, 32), 3e30)}, "holds values up to 3e\\+30"),
+        "spaced": ({"two words": torch.ones(2, 32)}, "token 'two words' is empty or holds whitespace"),
+    }
+    for name, (tensors, why) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, path)
+        for args in (["convert", path, "--to", "kohya"], ["library", "add", path, "--library", tmp_path / "lib"]):
+            code, _, err = run(monkeypatch, capsys, *args)
+            assert_one_line_error(code, err, rf"{name}.safetensors'.*{why}")
+        code, out, err = run(monkeypatch, capsys, "inspect", path, "--json")
+        report = json.loads(out)[0]
+        assert code == 1 and re.search(why, report["problems"][0]), report
+        code, out, _ = run(monkeypatch, capsys, "inspect", path)
+        assert code == 1 and "UNUSABLE" in out
+    code, _, err = run(monkeypatch, capsys, "convert", lowbudget_file(tmp_path)[0], "--to", "kohya", "--token", "")
+    assert_one_line_error(code, err, r"token '' is empty or holds whitespace")
+    assert not (tmp_path / "lib").exists()

@@ -9,10 +9,8 @@ Layouts (see ``shared/BRIEF.md``):
 - ``comfyui``    reads all of the above; written as the diffusers layout, referenced in
                  prompts by file name (``embedding:<stem>``)
 
-Pickles are only ever opened with ``torch.load(weights_only=True)``, which rebuilds tensors
-and plain containers and refuses anything that would run code. One container more is admitted:
-``torch.nn.ParameterDict``, in which the original textual-inversion code and early A1111 stored
-``string_to_param``; its state is plain dicts and tensors.
+Pickles are only ever opened by :mod:`lowbudget.adapters.pickles`: ``torch.load(weights_only=True)``
+(tensors and plain containers, never code) after bounding the work the file can cause.
 
 A1111 checks a ``.pt`` before loading it: every entry of the zip archive must match
 ``^([^/]+)/((data/\d+)|version|(data\.pkl))$``. Current torch writes more entries than that
@@ -23,7 +21,6 @@ folder named after the file's stem.
 from __future__ import annotations
 
 import io
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +29,7 @@ from pathlib import Path
 import torch
 
 from lowbudget.adapters.files import trigger_word
+from lowbudget.adapters.pickles import load_pt, text_dict, text_field
 from lowbudget.errors import AdapterError, quote
 from lowbudget.io import atomic_write
 
@@ -66,44 +64,55 @@ class EmbeddingFile:
         raise AdapterError(f"'{self.path}' holds {have}; none matches text width {width}")
 
 
-def read_embedding(path: str | Path, token: str | None = None) -> EmbeddingFile:
-    """Read an embedding in any supported layout; ``token`` overrides the name it gets."""
+MAX_ABS_VALUE = 1e3  # trained token vectors stay of order 1 (the vocabulary's rows: norms ~0.4)
+
+
+def embedding_problems(emb: EmbeddingFile) -> list[str]:
+    """Why ``emb`` cannot be used, each reason naming the file; empty when it can."""
+    problems = []
+    token = emb.token
+    if not token.strip() or any(c.isspace() for c in token) or not token.isprintable():
+        problems.append(f"'{emb.path}': token {token!r} is empty or holds whitespace; expected one word such as "
+                        f"<effusion> (give one with --token / token=)")
+    for name, tensor in emb.parts.items():
+        what = f"'{emb.path}'" + (f" part {name}" if emb.layout == "sdxl" else "")
+        if tensor.shape[0] == 0:
+            problems.append(f"{what} holds no vectors (shape {list(tensor.shape)})")
+        elif not torch.isfinite(tensor).all():
+            problems.append(f"{what} holds NaN or infinite values")
+        elif tensor.abs().max() > MAX_ABS_VALUE:
+            problems.append(f"{what} holds values up to {float(tensor.abs().max()):.3g}; a usable token vector's "
+                            f"stay below {MAX_ABS_VALUE:g}")
+    return problems
+
+
+def read_embedding(path: str | Path, token: str | None = None, *, check: bool = True) -> EmbeddingFile:
+    """Read an embedding in any supported layout; ``token`` overrides the name it gets.
+
+    With ``check`` (the default) an embedding that cannot be used (see
+    :func:`embedding_problems`) is an AdapterError; ``inspect`` reads with ``check=False`` to show it.
+    """
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"embedding file '{path}' does not exist")
     if path.suffix in (".pt", ".bin", ".pth"):
-        data, metadata = _load_pickle(path), {}
+        data, metadata = load_pt(path), {}
     elif path.suffix == ".safetensors":
         data, metadata = _load_safetensors(path)
     else:
         raise AdapterError(f"'{path}' is not an embedding file; expected .safetensors or .pt")
     layout, name, parts = _interpret(path, data)
-    if isinstance(data.get("lowbudget"), dict):  # provenance carried inside an A1111 .pt
-        metadata = {str(k): str(v) for k, v in data["lowbudget"].items()}
+    if "lowbudget" in data:  # provenance carried inside an A1111 .pt
+        metadata = text_dict(path, data["lowbudget"], "lowbudget")
     parts = {k: _as_matrix(path, v) for k, v in parts.items()}
-    return EmbeddingFile(path, layout, token or metadata.get("token") or name, parts, metadata)
+    emb = EmbeddingFile(path, layout, token if token is not None else metadata.get("token") or name, parts, metadata)
+    problems = embedding_problems(emb) if check else []
+    if problems:
+        raise AdapterError(problems[0])
+    return emb
 
 
 _A1111_ENTRY = re.compile(r"(data/\d+)|version|data\.pkl")  # an entry's name below the archive's folder
-_FORBIDDEN_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def _load_pickle(path: Path) -> dict:
-    try:
-        with torch.serialization.safe_globals([torch.nn.ParameterDict]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        named = _FORBIDDEN_GLOBAL.search(str(exc))
-        what = f"'{named.group(1)}'" if named else quote(exc, 80)
-        raise AdapterError(
-            f"refusing '{path}': the pickle asks for {what}, more than tensors and plain containers "
-            f"(possibly code), and lowbudget only loads weights"
-        ) from None
-    except Exception as exc:
-        raise AdapterError(f"cannot read '{path}' as a PyTorch file: {quote(exc)}") from None
-    if not isinstance(data, dict):
-        raise AdapterError(f"'{path}' holds a {type(data).__name__}, not an embedding dict")
-    return data
 
 
 def _load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
@@ -117,14 +126,14 @@ def _load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
 
 
 def _interpret(path: Path, data: dict) -> tuple[str, str, dict[str, torch.Tensor]]:
-    default_name = f"<{path.name.split('.')[0]}>"
+    default_name = f"<{trigger_word(path.name.split('.')[0])}>"  # 'bad hands.pt' -> <bad-hands>
     if "string_to_param" in data:
         params = data["string_to_param"]
         if isinstance(params, torch.nn.ParameterDict):  # original TI / early A1111: tensors in _parameters
             params = dict(vars(params).get("_parameters") or {})
         if not isinstance(params, dict) or not params:
             raise AdapterError(f"'{path}': string_to_param is empty")
-        name = str(data.get("name") or default_name)
+        name = text_field(path, data, "name") or default_name
         return "a1111", name, {name: next(iter(params.values()))}
     if "emb_params" in data:
         return "kohya", default_name, {default_name: data["emb_params"]}
@@ -137,7 +146,7 @@ def _interpret(path: Path, data: dict) -> tuple[str, str, dict[str, torch.Tensor
         raise AdapterError(f"'{path}' is a LoRA file, not an embedding")
     raise AdapterError(
         f"'{path}' is not an embedding in a known layout (diffusers single key, A1111 string_to_param, "
-        f"kohya emb_params, SDXL clip_l/clip_g); keys: {', '.join(list(map(str, data))[:5])}"
+        f"kohya emb_params, SDXL clip_l/clip_g); keys: {', '.join(k[:40] for k in data if isinstance(k, str))[:200]}"
     )
 
 

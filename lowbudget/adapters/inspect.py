@@ -8,11 +8,12 @@ With a base model: whether the file fits it (width, fingerprint, token clash).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
-from lowbudget.adapters.formats import read_embedding, triggers
+from lowbudget.adapters.formats import embedding_problems, read_embedding, triggers
 from lowbudget.adapters.load import is_lora_file
 from lowbudget.errors import AdapterError
 from lowbudget.io import sha256_file
@@ -37,18 +38,19 @@ def describe(path: str | Path, base: Any = None) -> dict[str, Any]:
 
 
 def _describe_embedding(path: Path, base: Any) -> dict[str, Any]:
-    emb = read_embedding(path)
+    emb = read_embedding(path, check=False)  # shown even when unusable, with the reasons
     parts = {
         name: {
             "shape": list(t.shape),
             "dtype": str(t.dtype).replace("torch.", ""),
-            "norms": [round(float(v), 4) for v in t.float().norm(dim=-1)],
+            "norms": [round(float(v), 4) if math.isfinite(v) else None for v in t.float().norm(dim=-1).tolist()],
         }
         for name, t in emb.parts.items()
     }
     report = {"kind": "embedding", "layout": emb.layout, "token": emb.token, "triggers": triggers(emb), "parts": parts,
-              "metadata": {k: emb.metadata[k] for k in _SHOWN_METADATA if emb.metadata.get(k)}}
-    if base is not None:
+              "metadata": {k: emb.metadata[k] for k in _SHOWN_METADATA if emb.metadata.get(k)},
+              "problems": embedding_problems(emb)}
+    if base is not None and not report["problems"]:
         try:
             _, warnings = check_embedding(emb, base.tokenizer, base.text_encoder, base_name=base.source)
             report["fits_base"] = {"ok": True, "warnings": warnings}
@@ -107,14 +109,17 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  token             {report['token']}")
         lines += [f"  type in {tool:<9} {word}" for tool, word in report["triggers"].items()]
         for name, part in report["parts"].items():
-            norms = part["norms"]
-            lines.append(f"  {name:<17} {part['shape'][0]} x {part['shape'][1]} {part['dtype']}; vector norms "
-                         f"min {min(norms):.3g} mean {sum(norms) / len(norms):.3g} max {max(norms):.3g}")
+            norms = [n for n in part["norms"] if n is not None]
+            summary = (f"; vector norms min {min(norms):.3g} mean {sum(norms) / len(norms):.3g} max {max(norms):.3g}"
+                       if norms else "")
+            lines.append(f"  {name:<17} {part['shape'][0]} x {part['shape'][1]} {part['dtype']}{summary}")
     else:
         lines.append(f"  tensors           {report['tensors']} ({report['parameters']:,} parameters), rank {report['ranks']}")
         lines.append(f"  targets           {', '.join(report['targets'])}" + ("; text encoder too" if report["text_encoder"] else ""))
     for key, value in report["metadata"].items():
         lines.append(f"  {key:<17} {value}")
+    for problem in report.get("problems", []):
+        lines.append(f"  UNUSABLE          {problem}")
     if "fits_base" in report:
         fit = report["fits_base"]
         lines.append("  fits base         " + ("yes" if fit["ok"] else f"NO: {fit['reason']}"))

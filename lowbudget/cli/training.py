@@ -56,7 +56,7 @@ def inspect(
         loaded = load_base(base)
     reports = [describe(path, loaded) for path in files]
     typer.echo(to_json(reports) if as_json else "\n\n".join(format_report(r) for r in reports))
-    if any(not r.get("fits_base", {"ok": True})["ok"] for r in reports):
+    if any(r.get("problems") or not r.get("fits_base", {"ok": True})["ok"] for r in reports):
         raise typer.Exit(1)
 
 
