@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import StableDiffusionPipeline
 from packaging.requirements import Requirement
 
 from lowbudget import load_adapter
@@ -134,11 +133,10 @@ def _lora_text_encoder() -> str:
 
 
 def _token_into_pipeline() -> str:
-    parts = build_components(get_shape("tiny"))
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    width = parts["text_encoder"].config.hidden_size
+    base = _tiny_base()
+    pipe = base.pipeline()
     with tempfile.TemporaryDirectory() as tmp:
-        vectors = torch.randn(2, width)
+        vectors = torch.randn(2, base.text_width)
         path = save_embedding(Path(tmp) / "probe.safetensors", "<doctor-probe>", vectors,
                               Provenance(base_name="doctor-probe", base_fingerprint=""))
         token = load_adapter(pipe, path, warn=lambda _message: None)

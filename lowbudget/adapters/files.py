@@ -62,7 +62,7 @@ def trigger_word(token: str) -> str:
     """The word a file is named after: the token without its brackets, safe in any file system.
 
     A1111, kohya's generator and ComfyUI trigger an embedding by its file stem, so a file named
-    after this word is typed the same way everywhere ('<effusion>' -> 'effusion').
+    after this word is triggered by the token's own word in every tool ('<effusion>' -> 'effusion').
     """
     word = "".join(c if c.isalnum() or c in "-_." else "-" for c in token.strip().strip("<>"))
     return word.strip("-.") or "token"

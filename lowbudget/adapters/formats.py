@@ -126,7 +126,7 @@ def _load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
 
 
 def _interpret(path: Path, data: dict) -> tuple[str, str, dict[str, torch.Tensor]]:
-    default_name = f"<{trigger_word(path.name.split('.')[0])}>"  # 'bad hands.pt' -> <bad-hands>
+    default_name = f"<{trigger_word(file_stem(path))}>"  # 'bad hands.pt' -> <bad-hands>
     if "string_to_param" in data:
         params = data["string_to_param"]
         if isinstance(params, torch.nn.ParameterDict):  # original TI / early A1111: tensors in _parameters
@@ -181,7 +181,7 @@ def write_embedding(emb: EmbeddingFile, layout: str, path: str | Path) -> Path:
             "sd_checkpoint_name": metadata.get("base_model"),
             "lowbudget": metadata,
         }
-        archive = a1111_archive(payload, Path(path).name.split(".")[0])
+        archive = a1111_archive(payload, file_stem(Path(path)))
         return atomic_write(path, lambda tmp: tmp.write_bytes(archive))
     key = "emb_params" if layout == "kohya" else emb.token
     return atomic_write(path, lambda tmp: save_file({key: tensor}, str(tmp), metadata=metadata))
@@ -204,9 +204,14 @@ def a1111_archive(payload: dict, stem: str) -> bytes:
     return out.getvalue()
 
 
+def file_stem(path: Path) -> str:
+    """The name other tools trigger a file by: up to its first dot ('eff.safetensors' -> 'eff')."""
+    return path.name.split(".")[0]
+
+
 def triggers(emb: EmbeddingFile) -> dict[str, str]:
     """What to type in each tool's prompt to use this file, as each tool's loader names it."""
-    stem = emb.path.name.split(".")[0]
+    stem = file_stem(emb.path)
     if emb.layout == "sdxl":
         diffusers = f"the token= you pass, once per text encoder (e.g. {emb.token})"
     elif emb.layout == "kohya":
@@ -223,7 +228,7 @@ def naming_notes(written: EmbeddingFile, token: str, vocab: dict[str, int]) -> l
     ``vocab`` is the CLIP vocabulary: kohya's generator adds ``stem, stem1, ..., stem<n-1>`` to
     the tokenizer and refuses the file when one of them is already a word ('eff' is).
     """
-    stem = written.path.name.split(".")[0]
+    stem = file_stem(written.path)
     notes = []
     if stem != trigger_word(token):
         notes.append(f"A1111, kohya and ComfyUI will trigger it by its file name '{stem}', not '{trigger_word(token)}'")
