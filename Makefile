@@ -19,7 +19,7 @@ OLDEST_VENV ?= .venv-oldest
 # A new folder per demo run, so a second `make demo` never overwrites the first.
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test lock test-latest test-oldest clean-venv
+.PHONY: setup demo test lock lock-upgrade test-latest test-oldest clean-venv
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ test: setup
 lock: setup
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/python tools/lock.py make --torch $(TORCH_VERSION) --uv $(BIN)/uv
+
+lock-upgrade: setup
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/python tools/lock.py make --torch $(TORCH_VERSION) --uv $(BIN)/uv --upgrade
 
 # throwaway-suite VENV INSTALL: the suite in a venv of its own (never .venv), torch as in setup, the rest
 # by INSTALL; prints how the versions differ from the lock, and removes the venv whatever the outcome.

@@ -7,13 +7,17 @@ The package is organised by what a user does with it:
 - ``models``      base models from local paths, the CLIP tokenizer, tiny models
 - ``adapters``    textual inversion, LoRA, and their files
 - ``training``    the one training loop, checkpoints, latent cache, feedback
+- ``sampling``    the one sampling loop: generate, compose, inpaint
+- ``evaluate``    diversity, realism, downstream classifier, memorisation audit
+- ``sharing``     the adapter library, keys and signatures, the release check, libraries over HTTP
+- ``phantoms``    the phantom world: generators, detectors, the benchmark
+- ``io``, ``checks``, ``errors``  atomic writes and the rule for outputs, value checks, exceptions
 - ``cli``         the Typer command line (the only module that imports Typer)
 """
 
 __version__ = "0.1.0"
 
 from lowbudget.errors import LowbudgetError
-
 
 
 def load_adapter(pipe, path, **kwargs):

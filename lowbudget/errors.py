@@ -31,8 +31,24 @@ class AdapterError(LowbudgetError):
     """An adapter file or token cannot be created, read or applied."""
 
 
+class SignatureError(AdapterError):
+    """A signature is missing, malformed, by a key not trusted, or does not match the file."""
+
+
 class TrainingError(LowbudgetError):
     """Training cannot continue (non-finite loss, missing checkpoint, ...)."""
+
+
+class OutputError(LowbudgetError):
+    """An output path is unusable, a write failed, or it would replace what lowbudget did not write."""
+
+
+def os_error(exc: OSError) -> str:
+    """An operating-system error as one line: what failed, on which path."""
+    reason = exc.strerror or quote(exc)
+    where = f" '{exc.filename}'" if exc.filename else ""
+    also = f" -> '{exc.filename2}'" if getattr(exc, "filename2", None) else ""
+    return f"{reason}:{where}{also}" if where else reason
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from lowbudget import checks
 from lowbudget.errors import RecipeError
 
 
@@ -36,6 +37,7 @@ def _choice(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 
 def _positive(where: str, value: float, *, zero_ok: bool = False) -> None:
+    checks.finite(where, value, RecipeError)  # NaN passes every comparison below
     if value < 0 or (value == 0 and not zero_ok):
         raise RecipeError(f"{where} = {value!r} must be {'>= 0' if zero_ok else '> 0'}")
 
@@ -76,13 +78,13 @@ class DataConfig:
     mask_dir: str = _help("Optional folder of loss masks (PNG, same file stem as the image; white = train).", "")
 
     def __post_init__(self) -> None:
-        _positive("data.resolution", self.resolution)
-        if self.resolution % 8:
-            raise RecipeError(f"data.resolution = {self.resolution} must be a multiple of 8")
+        checks.image_size("data.resolution", self.resolution, RecipeError)
         _positive("data.max_images", self.max_images, zero_ok=True)
         _choice("data.captions", self.captions, ("auto", "metadata", "csv", "templates"))
         _choice("data.intensity", self.intensity, ("percentile", "minmax", "dtype"))
         _choice("data.dicom_window", self.dicom_window, ("header", "percentile"))
+        for value in self.percentiles:
+            checks.finite("data.percentiles", value, RecipeError)
         if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise RecipeError(f"data.percentiles = {self.percentiles!r}; expected [low, high] with 0 <= low < high <= 100")
         if not self.templates:
@@ -92,6 +94,7 @@ class DataConfig:
         if self.phantoms and self.phantoms.count("/") != 1:
             raise RecipeError(f"data.phantoms = {self.phantoms!r}; expected 'MODALITY/FINDING', e.g. 'chest/effusion'")
         _positive("data.phantoms_n", self.phantoms_n)
+        checks.seed("data.phantoms_seed", self.phantoms_seed, RecipeError)
 
 
 @dataclass
@@ -191,6 +194,9 @@ class OptimConfig:
     weight_decay: float = _help("AdamW weight decay, LoRA matrices only (token vectors never decay).", 0.0)
     max_grad_norm: float = _help("Gradient clipping norm (0 = off).", 1.0)
     seed: int = _help("Seed of every random draw of the run (data order, noise, timesteps).", 0)
+    deterministic: bool = _help(
+        "Bit-for-bit repeatable runs (and resumes): deterministic kernels and one CPU thread, so slower on a CPU "
+        "with several cores. Off: two runs agree to float rounding (about 1e-6 after a few hundred steps).", False)
     min_timestep: int = _help(
         "Train on diffusion timesteps >= this only (0 = all). High-noise steps decide global structure, such as "
         "whether a finding is there at all; fine detail is learnt at low noise.", 0)
@@ -203,6 +209,8 @@ class OptimConfig:
         for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
             _positive(f"optim.{name}", getattr(self, name), zero_ok=True)
         _choice("optim.schedule", self.schedule, ("constant", "linear", "cosine"))
+        checks.seed("optim.seed", self.seed, RecipeError)
+        _positive("optim.min_timestep", self.min_timestep, zero_ok=True)
 
 
 @dataclass
@@ -221,7 +229,10 @@ class OutputConfig:
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "validation_every"):
             _positive(f"output.{name}", getattr(self, name), zero_ok=True)
-        _positive("output.validation_inference_steps", self.validation_inference_steps)
+        # every Stable Diffusion scheduler is trained on 1,000 timesteps; train checks the base's own
+        checks.within("output.validation_inference_steps", self.validation_inference_steps, 1, 1000, RecipeError)
+        checks.finite("output.validation_guidance", self.validation_guidance, RecipeError)
+        checks.seeds("output.validation_seeds", self.validation_seeds, RecipeError)
         _choice("output.save_dtype", self.save_dtype, ("fp32", "fp16"))
         if self.validation_every and not self.validation_prompts:
             raise RecipeError("output.validation_every is set but output.validation_prompts is empty")

@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from lowbudget import __version__
 from lowbudget.io import atomic_write
 
 
 def save_png(image: Image.Image, path: str | Path, **params) -> Path:
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", **params))
+    """Atomic PNG that says it came from lowbudget (so that a later run may replace it)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", f"lowbudget {__version__}")
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, **params))
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (), pad: int = 4) -> Image.Image:

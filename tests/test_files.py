@@ -151,7 +151,9 @@ def test_load_adapter_puts_every_layout_into_a_diffusers_pipeline(tmp_path, tiny
     warnings = []
     assert lowbudget.load_adapter(pipe, ours, warn=warnings.append) == "<ours>"
     assert lowbudget.load_adapter(pipe, a1111, warn=warnings.append) == "<theirs>"
-    assert warnings == []  # same base fingerprint: nothing to warn about
+    # same base fingerprint: nothing to warn about but the missing signatures
+    assert [w.split("'")[1] for w in warnings] == ["ours.safetensors", "theirs.pt"]
+    assert all("is not signed" in w for w in warnings)
     table = pipe.text_encoder.get_input_embeddings().weight
     ids = pipe.tokenizer.convert_tokens_to_ids(["<theirs>", "<theirs>_1"])
     assert torch.equal(table[ids], read_embedding(a1111).vectors())
@@ -190,7 +192,7 @@ def test_inspect_and_convert_from_the_cli(monkeypatch, capsys, tmp_path, tiny_ba
     code, _, err = run(monkeypatch, capsys, "convert", tmp_path / "e.pt", "--to", "comfyui")
     assert code == 0 and "embedding:eff" in err and (tmp_path / "comfyui" / "eff.safetensors").is_file()
     code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "a1111", "-o", tmp_path / "e.pt")
-    assert_one_line_error(code, err, r"already exists; choose another --output")
+    assert_one_line_error(code, err, r"already exists and lowbudget did not write it")
     code, _, err = run(monkeypatch, capsys, "convert", path, "--to", "webui")
     assert_one_line_error(code, err, r"--to 'webui' is not a known layout")
     code, _, err = run(monkeypatch, capsys, "inspect", tmp_path / "missing.safetensors")

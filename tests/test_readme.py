@@ -20,6 +20,7 @@ SHORT_CLASSIFIER = ["--steps", "3", "--size", "32", "--width", "8", "--seeds", "
 SHORT_SAMPLING = ["--steps", "3"]
 SHORT_REPORT = ["--steps", "3", "-n", "4"]
 SHORT_BENCHMARK = ["--sections", "detectors"]  # the quick benchmark has its own test (test_benchmark.py)
+SHORT_SHARE = ["--samples", "8", "--steps", "2"]
 SHORT_PRETRAINING = [f"--set={k}={v}" for k, v in
                      dict(n_images=12, vae_steps=1, unet_steps=1, vae_batch=4, unet_batch=4, warmup=1).items()]
 # the README's example box is in pixels of a 512-px SD image; the small model works at 32 px
@@ -66,7 +67,8 @@ def test_readme_has_the_commands_we_promise():
     commands = " ".join(readme_commands())
     for verb in ("train", "inspect", "convert", "check-recipe", "phantoms", "make-base", "library add", "library verify",
                  "generate", "compose", "inpaint", "report", "benchmark", "pretrain-base",
-                 "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier", "doctor"):
+                 "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier", "doctor",
+                 "keys new", "sign", "verify", "share", "library publish", "library pull"):
         assert f"lowbudget {verb}" in commands
     assert "make demo" in README and "make test" in README
 
@@ -80,7 +82,8 @@ def test_every_readme_command_runs(user_site, monkeypatch, capsys):
             args += SHORT_SAMPLING
         if args[:2] == ["evaluate", "classifier"]:
             args += SHORT_CLASSIFIER
-        args += {"report": SHORT_REPORT, "benchmark": SHORT_BENCHMARK, "pretrain-base": SHORT_PRETRAINING}.get(args[0], [])
+        args += {"report": SHORT_REPORT, "benchmark": SHORT_BENCHMARK, "pretrain-base": SHORT_PRETRAINING,
+                 "share": SHORT_SHARE}.get(args[0], [])
         code, out, err = run(monkeypatch, capsys, *args)
         assert code == 0, f"{line}\n{err}"
 

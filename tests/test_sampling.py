@@ -142,7 +142,7 @@ def test_feathered_mask_is_exactly_zero_beyond_its_border():
 
 def test_strength_below_one_and_composition_inside_the_mask(pipe):
     job = Inpainting(image=_input_image(), mask=box_mask("4,4,28,28", 32), strength=0.5)
-    out = sample(pipe, SampleRequest(prompt="healthy :0.3 AND <effusion> :0.7", seeds=[0], inpaint=job, steps=4, size=32))
+    out = sample(pipe, SampleRequest(prompt="healthy :0.3 AND effusion :0.7", seeds=[0], inpaint=job, steps=4, size=32))
     assert torch.isfinite(out).all()
 
 

@@ -1,9 +1,11 @@
 """Make and compare the install lock (``requirements.lock``); run by ``make lock`` / ``make test-latest``.
 
-    python tools/lock.py make --torch 2.13.0 [--uv .venv/bin/uv]
+    python tools/lock.py make --torch 2.13.0 [--uv .venv/bin/uv] [--upgrade]
     python tools/lock.py drift --python .venv-latest/bin/python
 
-``make`` resolves pyproject.toml (with the ``test`` extra and the build backend) for every
+``make`` keeps every version already in the lock that still fits pyproject.toml (so adding a
+dependency adds it and what it needs, and moves nothing else); ``--upgrade`` takes the newest
+releases inside the ranges instead. It resolves pyproject.toml (with the ``test`` extra and the build backend) for every
 platform and Python >= 3.11 with uv, pins every package, direct and transitive, with its sha256
 hashes, and leaves torch out: the torch build depends on the machine (the CPU wheel here, a CUDA
 build on a GPU machine), so the Makefile installs ``torch==<version>`` itself. torch's own
@@ -30,7 +32,9 @@ CUDA_ONLY = re.compile(r"^(nvidia-[\w.-]+|cuda-[\w.-]+|triton)\b", re.M)
 PIN = re.compile(r"^([A-Za-z0-9][\w.-]*)==([^\s;\\]+)(?:\s*;\s*([^\\\n]+?))?\s*\\?$", re.M)
 
 
-def _compile(uv: str, torch: str, extra: list[str], output: Path) -> str:
+def _compile(uv: str, torch: str, extra: list[str], output: Path, upgrade: bool) -> str:
+    if not upgrade and LOCK.is_file():  # uv keeps the versions of an existing output file where it can
+        output.write_text(LOCK.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         pins = Path(tmp, "pins.txt")
         pins.write_text(f"torch=={torch}\n")
@@ -38,17 +42,18 @@ def _compile(uv: str, torch: str, extra: list[str], output: Path) -> str:
         inputs.write_text(f"{BUILD_BACKEND}\n")
         cmd = [uv, "pip", "compile", str(ROOT / "pyproject.toml"), str(inputs), "--extra", "test",
                "--universal", "--python-version", "3.11", "--constraint", str(pins), "--quiet",
-               "--custom-compile-command", "make lock", "--output-file", str(output), *extra]
+               "--custom-compile-command", "make lock", "--output-file", str(output), *extra,
+               *(["--upgrade"] if upgrade else [])]
         subprocess.run(cmd, check=True, cwd=ROOT)
     return output.read_text()
 
 
-def make(uv: str, torch: str) -> None:
+def make(uv: str, torch: str, upgrade: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        resolved = _compile(uv, torch, ["--no-annotate", "--no-header"], Path(tmp, "all.txt"))
+        resolved = _compile(uv, torch, ["--no-annotate", "--no-header"], Path(tmp, "all.txt"), upgrade)
     leave_out = ["torch", *sorted(set(CUDA_ONLY.findall(resolved)))]
     text = _compile(uv, torch, ["--generate-hashes", *[a for p in leave_out for a in ("--no-emit-package", p)]],
-                    Path(tempfile.mkdtemp()) / "lock.txt")
+                    Path(tempfile.mkdtemp()) / "lock.txt", upgrade)
     header = (f"# Installed by `make setup` with pip --require-hashes --no-deps, after torch=={torch}.\n"
               f"# Left out (installed with torch): {', '.join(leave_out)}\n")
     tmp_lock = LOCK.with_suffix(".tmp")
@@ -97,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     p_make = sub.add_parser("make", help="resolve and write requirements.lock")
     p_make.add_argument("--torch", required=True, help="the torch version the Makefile installs")
     p_make.add_argument("--uv", default="uv", help="the uv executable")
+    p_make.add_argument("--upgrade", action="store_true",
+                        help="newest releases inside the ranges (default: keep every locked version that still fits)")
     p_drift = sub.add_parser("drift", help="compare an environment with the lock")
     p_drift.add_argument("--python", required=True, help="that environment's python")
     args = parser.parse_args(argv)
     if args.command == "make":
-        make(args.uv, args.torch)
+        make(args.uv, args.torch, args.upgrade)
         return 0
     return drift(args.python)
 

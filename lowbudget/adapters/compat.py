@@ -15,6 +15,7 @@ from lowbudget.adapters.formats import EmbeddingFile
 from lowbudget.adapters.textual_inversion import taken_pieces
 from lowbudget.errors import AdapterError
 from lowbudget.models.base import describe_width, token_table_fingerprint
+from lowbudget.models.tokenizer import clip_tokenizer
 
 
 def check_embedding(emb: EmbeddingFile, tokenizer, text_encoder, *, base_name: str) -> tuple[torch.Tensor, list[str]]:
@@ -46,6 +47,13 @@ def fingerprint_warnings(metadata: dict[str, str], tokenizer, text_encoder, base
     ]
 
 
+def check_not_a_word(emb: EmbeddingFile) -> None:
+    """Every SD 1.x / 2.x base starts from CLIP's vocabulary: a token that is already a word
+    there (or a piece '<t>_1' ... of it) cannot be loaded onto any of them."""
+    n_vectors = max(int(t.shape[0]) for t in emb.parts.values())
+    check_token_is_new(emb.token, n_vectors, clip_tokenizer(), "CLIP (every SD 1.x / 2.x base)")
+
+
 def check_token_is_new(token: str, n_vectors: int, tokenizer, base_name: str) -> None:
     taken = taken_pieces(tokenizer, token, n_vectors)
     if taken:
@@ -55,14 +63,32 @@ def check_token_is_new(token: str, n_vectors: int, tokenizer, base_name: str) ->
         )
 
 
-def check_lora(tensors: dict[str, torch.Tensor], unet, *, path: str, base_name: str) -> None:
-    """Cross-attention K/V LoRA input width must equal the base's text width."""
+def check_lora(tensors: dict[str, torch.Tensor], unet, *, path: str, base_name: str, text_encoder=None) -> None:
+    """Does a diffusers-layout LoRA fit the base? First the text width of cross-attention K/V
+    (the commonest mismatch, named by family), then every adapted module: it must exist in
+    the base, with the input and output sizes of the LoRA's matrices."""
     width = int(unet.config.cross_attention_dim)
     for key, tensor in tensors.items():
-        if ".attn2.to_k.lora_A" in key or ".attn2.to_v.lora_A" in key:
-            if tensor.shape[-1] != width:
-                raise AdapterError(
-                    f"LoRA '{path}' expects text width {describe_width(int(tensor.shape[-1]))} but base "
-                    f"'{base_name}' has {describe_width(width)}; use a LoRA trained for this model family"
-                )
-            return
+        if (".attn2.to_k.lora_A" in key or ".attn2.to_v.lora_A" in key) and tensor.shape[-1] != width:
+            raise AdapterError(
+                f"LoRA '{path}' expects text width {describe_width(int(tensor.shape[-1]))} but base "
+                f"'{base_name}' has {describe_width(width)}; use a LoRA trained for this model family"
+            )
+    models = {"unet": unet, "text_encoder": text_encoder}
+    modules = {prefix: dict(m.named_modules()) for prefix, m in models.items() if m is not None}
+    for key, tensor in tensors.items():
+        prefix, _, rest = key.partition(".")
+        name, found, kind = rest.partition(".lora_")
+        if prefix not in modules or not found or kind[:1] not in "AB":
+            continue  # another layout (kohya, peft): diffusers converts it and reports what it cannot
+        module = modules[prefix].get(name)
+        if module is None:
+            raise AdapterError(f"LoRA '{path}' adapts {prefix}.{name}, which base '{base_name}' does not have; "
+                               "it was made for another model")
+        fan_in = getattr(module, "in_features", None) or getattr(module, "in_channels", None)
+        fan_out = getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+        have, want = (int(tensor.shape[1]), fan_in) if kind[0] == "A" else (int(tensor.shape[0]), fan_out)
+        if want is not None and have != want:
+            side = "input" if kind[0] == "A" else "output"
+            raise AdapterError(f"LoRA '{path}': {key} has {side} size {have} but {prefix}.{name} of base "
+                               f"'{base_name}' has {want}; it was made for another model")

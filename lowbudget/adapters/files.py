@@ -26,6 +26,7 @@ from lowbudget.io import atomic_write
 FORMAT_VERSION = "1"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+AUDIT = "lowbudget_audit"  # header entry written by the release check (`lowbudget share`): its figures, JSON
 
 
 @dataclass

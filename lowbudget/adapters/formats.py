@@ -112,6 +112,43 @@ def read_embedding(path: str | Path, token: str | None = None, *, check: bool = 
     return emb
 
 
+def read_lora(path: str | Path, *, check: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A LoRA ``.safetensors``: its tensors and header. With ``check`` (the default) a file that
+    cannot be used (see :func:`lora_problems`) is an AdapterError; ``inspect`` shows it instead."""
+    tensors, metadata = _load_safetensors(Path(path))
+    problems = lora_problems(tensors, path) if check else []
+    if problems:
+        raise AdapterError(problems[0])
+    return tensors, metadata
+
+
+def lora_problems(tensors: dict[str, torch.Tensor], path: str | Path) -> list[str]:
+    """Why a LoRA file cannot be used, each reason naming the file; empty when it can.
+
+    Base-independent checks only; whether its modules and shapes fit a base is
+    :func:`lowbudget.adapters.compat.check_lora`.
+    """
+    if not tensors:
+        return [f"'{path}' holds no tensors"]
+    problems = []
+    for key, tensor in tensors.items():
+        if key.endswith(".alpha"):  # kohya stores each module's alpha as a scalar
+            continue
+        if tensor.ndim not in (2, 4) or 0 in tensor.shape:
+            problems.append(f"'{path}': tensor {key} has shape {list(tensor.shape)}; LoRA matrices have 2 dimensions "
+                            "(4 for convolutions), none of them 0")
+        elif not torch.isfinite(tensor).all():
+            problems.append(f"'{path}': tensor {key} holds NaN or infinite values")
+        elif tensor.abs().max() > MAX_ABS_VALUE:
+            problems.append(f"'{path}': tensor {key} holds values up to {float(tensor.abs().max()):.3g}; trained LoRA "
+                            f"matrices stay below {MAX_ABS_VALUE:g}")
+    for key, down in tensors.items():  # each pair must share its rank
+        up = tensors.get(key.replace("lora_A", "lora_B")) if "lora_A" in key else None
+        if up is not None and down.ndim >= 2 and up.ndim >= 2 and down.shape[0] != up.shape[1]:
+            problems.append(f"'{path}': {key} has rank {down.shape[0]} but its lora_B has {up.shape[1]}")
+    return problems
+
+
 _A1111_ENTRY = re.compile(r"(data/\d+)|version|data\.pkl")  # an entry's name below the archive's folder
 
 

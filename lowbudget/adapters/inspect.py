@@ -12,11 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lowbudget.adapters.files import AUDIT, read_header
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
-from lowbudget.adapters.formats import embedding_problems, read_embedding, triggers
+from lowbudget.adapters.formats import embedding_problems, lora_problems, read_embedding, read_lora, triggers
 from lowbudget.adapters.load import is_lora_file
-from lowbudget.errors import AdapterError
+from lowbudget.errors import AdapterError, SignatureError
 from lowbudget.io import sha256_file
+from lowbudget.sharing.signing import read_signature, verify_file
 
 _BLOCK_LISTS = {"down_blocks", "up_blocks", "attentions", "transformer_blocks", "resnets", "layers",
                 "downsamplers", "upsamplers"}
@@ -24,8 +26,9 @@ _SHOWN_METADATA = ("lowbudget_format", "base_model", "base_fingerprint", "init",
                    "lowbudget_version", "created", "description", "license")
 
 
-def describe(path: str | Path, base: Any = None) -> dict[str, Any]:
-    """A JSON-serialisable report on one file; ``base`` is a BaseModel or None."""
+def describe(path: str | Path, base: Any = None, trust: str | Path | None = None) -> dict[str, Any]:
+    """A JSON-serialisable report on one file; ``base`` is a BaseModel or None, ``trust`` a
+    folder of public keys to check a signature against."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"'{path}' does not exist or is not a file")
@@ -34,7 +37,24 @@ def describe(path: str | Path, base: Any = None) -> dict[str, Any]:
         report |= _describe_lora(path, base)
     else:
         report |= _describe_embedding(path, base)
+    report["signature"] = _signature(path, trust)
+    if path.suffix == ".safetensors" and read_header(path).get(AUDIT):
+        report["audit"] = json.loads(read_header(path)[AUDIT])
     return report
+
+
+def _signature(path: Path, trust: str | Path | None) -> dict[str, Any]:
+    signed = read_signature(path) if path.suffix == ".safetensors" else None
+    if signed is None:
+        return {"signed": False}
+    out = {"signed": True, "signer": signed.signer, "key_id": signed.key_id}
+    if trust is not None:
+        try:
+            verify_file(path, trust)
+            out["verified"] = True
+        except SignatureError as exc:
+            out |= {"verified": False, "reason": str(exc)}
+    return out
 
 
 def _describe_embedding(path: Path, base: Any) -> dict[str, Any]:
@@ -60,12 +80,8 @@ def _describe_embedding(path: Path, base: Any) -> dict[str, Any]:
 
 
 def _describe_lora(path: Path, base: Any) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        metadata = dict(fh.metadata() or {})
-    ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if "lora_A" in k or "lora_down" in k})
+    tensors, metadata = read_lora(path, check=False)  # shown even when unusable, with the reasons
+    ranks = sorted({int(t.shape[0]) for k, t in tensors.items() if ("lora_A" in k or "lora_down" in k) and t.ndim})
     targets = sorted({lora_target(k) for k in tensors if ".lora" in k})
     report = {
         "kind": "lora",
@@ -76,10 +92,11 @@ def _describe_lora(path: Path, base: Any) -> dict[str, Any]:
         "targets": targets,
         "text_encoder": any(k.startswith("text_encoder.") for k in tensors),
         "metadata": {k: metadata[k] for k in _SHOWN_METADATA if metadata.get(k)},
+        "problems": lora_problems(tensors, path),
     }
-    if base is not None:
+    if base is not None and not report["problems"]:
         try:
-            check_lora(tensors, base.unet, path=str(path), base_name=base.source)
+            check_lora(tensors, base.unet, path=str(path), base_name=base.source, text_encoder=base.text_encoder)
             warnings = fingerprint_warnings(metadata, base.tokenizer, base.text_encoder, base.source, str(path))
             report["fits_base"] = {"ok": True, "warnings": warnings}
         except AdapterError as exc:
@@ -118,6 +135,16 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  targets           {', '.join(report['targets'])}" + ("; text encoder too" if report["text_encoder"] else ""))
     for key, value in report["metadata"].items():
         lines.append(f"  {key:<17} {value}")
+    sig = report.get("signature", {"signed": False})
+    if sig["signed"]:
+        check = {True: "verified", False: f"NOT VERIFIED: {sig.get('reason')}"}.get(sig.get("verified"), "not checked (--trust DIR)")
+        lines.append(f"  signed by         {sig['signer']} (key {sig['key_id']}), {check}")
+    else:
+        lines.append("  signed by         nobody (unsigned)")
+    if "audit" in report:
+        a = report["audit"]
+        lines.append(f"  release check     {a['flagged_fraction']:.1%} of {a['samples']} samples flagged as near-copies "
+                     f"(threshold {a['threshold']:.0%}, {a['n_training']} training images), {a['date']}")
     for problem in report.get("problems", []):
         lines.append(f"  UNUSABLE          {problem}")
     if "fits_base" in report:

@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
 from lowbudget.adapters.files import LORA_WEIGHT_NAME
-from lowbudget.adapters.formats import read_embedding
-from lowbudget.errors import AdapterError
+from lowbudget.adapters.formats import read_embedding, read_lora
+from lowbudget.errors import AdapterError, SignatureError, quote
+from lowbudget.sharing.signing import read_signature, verify_file
 
 
 def is_lora_file(path: Path) -> bool:
@@ -33,15 +34,24 @@ def is_lora_file(path: Path) -> bool:
         return False
 
 
-def load_adapter(pipe: Any, path: str | Path, *, token: str | None = None,
+def load_adapter(pipe: Any, path: str | Path, *, token: str | None = None, trust: str | Path | None = None,
+                 require_signature: bool = False,
                  warn: Callable[[str], None] = lambda m: warnings.warn(m, stacklevel=3)) -> str:
-    """Load an embedding or a LoRA into ``pipe``; return the token or the LoRA adapter name."""
+    """Load an embedding or a LoRA into ``pipe``; return the token or the LoRA adapter name.
+
+    ``trust`` is a folder of public keys (``<site>.pub``): a signed file must then verify
+    against one of them. ``require_signature`` refuses unsigned files too. Without either,
+    files load as they are, with a note saying whether they carry a signature.
+    """
     path = Path(path)
     base_name = str(getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or "this pipeline")
     if path.is_dir():
         if not (path / LORA_WEIGHT_NAME).is_file():
             raise AdapterError(f"folder '{path}' has no {LORA_WEIGHT_NAME}; give the adapter file itself")
         path = path / LORA_WEIGHT_NAME
+    note = check_signature(path, trust, require_signature)
+    if note:
+        warn(note)
     if is_lora_file(path):
         return _load_lora(pipe, path, base_name, warn)
     emb = read_embedding(path, token)
@@ -52,16 +62,30 @@ def load_adapter(pipe: Any, path: str | Path, *, token: str | None = None,
     return emb.token
 
 
-def _load_lora(pipe: Any, path: Path, base_name: str, warn: Callable[[str], None]) -> str:
-    from safetensors import safe_open
+def check_signature(path: Path, trust: str | Path | None, required: bool) -> str | None:
+    """Verify ``path`` as the options ask; return a note for the user, or raise SignatureError."""
+    if required and trust is None:
+        raise SignatureError("--require-signature needs --trust DIR, the folder of public keys you trust")
+    signed = read_signature(path) if path.suffix == ".safetensors" else None
+    if signed is None:
+        if required:
+            raise SignatureError(f"'{path}' is not signed and a signature is required")
+        return f"'{path.name}' is not signed: nothing shows who made it or whether it was changed"
+    if trust is None:
+        return f"'{path.name}' says it is signed by '{signed.signer}' (key {signed.key_id}); not checked: give --trust DIR"
+    verified = verify_file(path, trust)
+    return f"'{path.name}': signature by '{verified.signer}' (key {verified.key_id}) verified"
 
-    with safe_open(str(path), framework="pt") as fh:
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        metadata = dict(fh.metadata() or {})
-    check_lora(tensors, pipe.unet, path=str(path), base_name=base_name)
+
+def _load_lora(pipe: Any, path: Path, base_name: str, warn: Callable[[str], None]) -> str:
+    tensors, metadata = read_lora(path)
+    check_lora(tensors, pipe.unet, path=str(path), base_name=base_name, text_encoder=pipe.text_encoder)
     for message in fingerprint_warnings(metadata, pipe.tokenizer, pipe.text_encoder, base_name, str(path)):
         warn(message)
     name = path.parent.name if path.name == LORA_WEIGHT_NAME else path.stem
-    # folder + weight_name: diffusers 0.38 refuses a bare file path in offline mode; 0.42 takes either
-    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+    try:
+        # folder + weight_name: diffusers 0.38 refuses a bare file path in offline mode; 0.42 takes either
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:  # layouts we do not check ourselves
+        raise AdapterError(f"diffusers cannot load LoRA '{path}': {quote(exc)}") from None
     return name

@@ -5,7 +5,8 @@ One error boundary (:func:`main`) turns :class:`~lowbudget.errors.LowbudgetError
 one-line message on stderr and exit code 1; ``--debug`` shows the traceback instead.
 
   app.py           the application, the error boundary, shared helpers
-  training.py      train, check-recipe, make-base, inspect, convert, library add / verify
+  training.py      train, check-recipe, make-base, inspect, convert
+  sharing.py       keys new, sign, verify, share, library add / verify / publish / pull
   sampling.py      generate, compose, inpaint
   phantom_world.py phantoms, report, pretrain-base, benchmark
   evaluation.py    evaluate diversity / realism / classifier / memorisation / all
@@ -16,7 +17,7 @@ from importlib import import_module
 
 from lowbudget.cli.app import app, main
 
-for _group in ("training", "sampling", "phantom_world", "evaluation", "environment"):  # importing a group registers its commands
+for _group in ("training", "sharing", "sampling", "phantom_world", "evaluation", "environment"):  # importing a group registers its commands
     import_module(f"lowbudget.cli.{_group}")
 
 __all__ = ["app", "main"]

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lowbudget.cli.app import evaluate_app, info, parse_seeds
+from lowbudget.cli.app import evaluate_app, info, overwrite_option, parse_seeds
 
 
 _OUT = typer.Option(Path("runs/evaluation"), "--output", "-o", help="Folder for <part>.json, <part>.md and PNGs.")
@@ -21,11 +21,12 @@ def evaluate_diversity(
     generated: Path = typer.Option(..., "--generated", help="Generated images (grouped by stored prompt, else 4 at a time)."),
     real: Optional[Path] = typer.Option(None, "--real", help="Real images for the reference score."),
     size: int = typer.Option(256, "--size", help="Images are compared at this size (grayscale)."),
-    output: Path = _OUT,
+    output: Path = _OUT, overwrite: bool = overwrite_option(),
 ) -> None:
     """Within-prompt MS-SSIM (4 images, 6 pairs, grayscale, data range 1.0) of generated vs real."""
     from lowbudget.evaluate.diversity import diversity
 
+    _claim(output, overwrite, "diversity")
     _report(output, "diversity", diversity(generated, real, size=size, progress=True))
 
 
@@ -33,11 +34,12 @@ def evaluate_diversity(
 def evaluate_realism(
     real: Path = typer.Option(..., "--real"), generated: Path = typer.Option(..., "--generated"),
     extractor: Optional[Path] = _EXTRACTOR, architecture: Optional[str] = _ARCH, input_size: int = _INPUT,
-    output: Path = _OUT,
+    output: Path = _OUT, overwrite: bool = overwrite_option(),
 ) -> None:
     """FID and KID between real and generated images, with your feature extractor."""
     from lowbudget.evaluate.realism import load_extractor, realism
 
+    _claim(output, overwrite, "realism")
     net = load_extractor(extractor, architecture=architecture, input_size=input_size)
     _report(output, "realism", realism(real, generated, net, size=input_size, progress=True))
 
@@ -52,12 +54,13 @@ def evaluate_classifier(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
     width: int = typer.Option(64, "--width", help="ResNet-18 base width (64 = standard)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these .safetensors weights."),
-    output: Path = _OUT,
+    output: Path = _OUT, overwrite: bool = overwrite_option(),
 ) -> None:
     """Train a ResNet-18 on real / real+synthetic / synthetic; test AUC mean +- std over seeds."""
     from lowbudget.evaluate.classifier import ClassifierConfig, downstream
     from lowbudget.evaluate.images import labelled_images
 
+    _claim(output, overwrite, "classifier")
     real_set = labelled_images(real, labels)
     syn = labelled_images(synthetic, classes=real_set.classes) if synthetic else None
     test_set = labelled_images(test, classes=real_set.classes) if test else None
@@ -71,12 +74,13 @@ def evaluate_memorisation(
     training: Path = typer.Option(..., "--training", help="The images the adapter was trained on."),
     extractor: Optional[Path] = _EXTRACTOR, architecture: Optional[str] = _ARCH, input_size: int = _INPUT,
     percentile: float = typer.Option(1.0, "--percentile", help="Flag below this percentile of real-to-real distances."),
-    output: Path = _OUT,
+    output: Path = _OUT, overwrite: bool = overwrite_option(),
 ) -> None:
     """Nearest training image of each generated image; flagged near-copies and their fraction."""
     from lowbudget.evaluate.memorisation import memorisation
     from lowbudget.evaluate.realism import load_extractor
 
+    _claim(output, overwrite, "memorisation")
     net = load_extractor(extractor, architecture=architecture, input_size=input_size) if extractor else None
     _report(output, "memorisation", memorisation(generated, training, extractor=net, percentile=percentile, progress=True))
 
@@ -87,7 +91,7 @@ def evaluate_all(
     generated: Path = typer.Option(..., "--generated", help="Generated images."),
     extractor: Optional[Path] = _EXTRACTOR, architecture: Optional[str] = _ARCH, input_size: int = _INPUT,
     steps: int = typer.Option(2000, "--steps", help="Classifier step budget."),
-    output: Path = _OUT,
+    output: Path = _OUT, overwrite: bool = overwrite_option(),
 ) -> None:
     """All four parts. The classifier part runs when both folders have one sub-folder per class."""
     from lowbudget.errors import DataError
@@ -97,6 +101,7 @@ def evaluate_all(
     from lowbudget.evaluate.memorisation import memorisation
     from lowbudget.evaluate.realism import load_extractor, realism
 
+    _claim(output, overwrite, "all")
     net = load_extractor(extractor, architecture=architecture, input_size=input_size)  # fail before any work
     _report(output, "diversity", diversity(generated, real, progress=True))
     _report(output, "realism", realism(real, generated, net, size=input_size, progress=True))
@@ -110,8 +115,16 @@ def evaluate_all(
     _report(output, "classifier", downstream(real_set, syn_set, cfg=ClassifierConfig(steps=steps), log=info, progress=True))
 
 
+def _claim(output: Path, overwrite: bool, part: str) -> None:
+    """Fail before the work, not after it, when --output holds files of the user's."""
+    from lowbudget.io import output_folder
+
+    output_folder(output, overwrite=overwrite, command=f"evaluate {part}")
+
+
 def _report(output: Path, part: str, result: dict) -> None:
     from lowbudget.evaluate.report import write_report
+
 
     for path in write_report(output, part, result):
         info(f"wrote {path}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lowbudget.cli.app import app, info, quiet_libraries
+from lowbudget.cli.app import app, info, overwrite_option, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -20,11 +20,15 @@ def phantoms(
     prevalence: float = typer.Option(0.0, "--prevalence", help="Chance of each other finding per image."),
     size: int = typer.Option(64, "--size", help="Image size in pixels."),
     fmt: str = typer.Option("png", "--format", help="png | png16 | dicom | mixed (cycles png, png16, dicom)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed"), overwrite: bool = overwrite_option(),
 ) -> None:
     """Write phantom images with metadata.jsonl captions (never naming a finding) and labels.csv."""
+    from lowbudget.io import output_folder
     from lowbudget.phantoms import write_phantoms
+    from lowbudget.phantoms.world import check_request
 
+    check_request(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)  # before the folder is made
+    output_folder(output, overwrite=overwrite, command="phantoms")
     paths = write_phantoms(output, modality, finding, n=n, size=size, fmt=fmt, seed=seed, prevalence=prevalence)
     info(f"wrote {len(paths)} {modality} phantoms, metadata.jsonl and labels.csv to {output}")
 
@@ -36,9 +40,10 @@ def report(
     output: Path = typer.Option(Path("runs/report"), "--output", "-o", help="Folder for report.md and PNGs."),
     library: Path = typer.Option(Path("embeddings"), "--library", help="Shared embeddings to combine with."),
     n: int = typer.Option(16, "-n", help="Images per prompt for the fidelity figure."),
-    steps: int = typer.Option(25, "--steps", help="Sampler steps."),
+    steps: int = typer.Option(25, "--steps", help="Sampler steps."), overwrite: bool = overwrite_option(),
 ) -> None:
     """Report on a phantom token: before/after grids, fidelity, interpolation, combination, inpainting."""
+    from lowbudget.io import output_folder
     from lowbudget.phantoms.fidelity import INIT_WORDS, Sampling
     from lowbudget.phantoms.report import demo_report
 
@@ -46,6 +51,7 @@ def report(
         raise LowbudgetError(f"--finding {finding!r} is not a phantom finding; expected one of {', '.join(INIT_WORDS)}")
     if not adapter.is_file():
         raise LowbudgetError(f"adapter '{adapter}' does not exist")
+    output_folder(output, overwrite=overwrite, command="report")
     quiet_libraries()
     path = demo_report(adapter, finding, output, library=library, n=n, sampling=Sampling(steps=steps), log=info)
     info(f"wrote {path}")
@@ -55,11 +61,14 @@ def report(
 def pretrain_base(
     output: Path = typer.Option(Path("runs/phantom-base"), "--output", "-o", help="Run folder (resumes if it has a checkpoint)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a pretraining setting: --set unet_steps=2000 (repeatable)."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Pretrain the phantom base model from scratch (about an hour on 2 CPU cores)."""
+    from lowbudget.io import output_folder
     from lowbudget.phantoms.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(**dict(_pretrain_override(o) for o in overrides))
+    output_folder(output, overwrite=overwrite, command="pretrain-base")
     packed = pretrain(output, cfg, log=info)
     info(f"wrote {output / 'base'} (diffusers folder) and {packed} ({packed.stat().st_size / 1e6:.1f} MB, fp16)")
 
@@ -86,12 +95,15 @@ def benchmark(
     sections: str = typer.Option("all", "--sections", help="Comma-separated: detectors,base,fidelity,sweep,downstream,diversity,methods,compose."),
     findings: str = typer.Option("", "--findings", help="Comma-separated findings (default: all; quick: effusion); "
                                  "the first is the one sweep, downstream, diversity and methods study."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """The paper in miniature on the phantom world: fidelity, sweep, downstream, diversity, methods."""
     from dataclasses import replace
 
+    from lowbudget.io import output_folder
     from lowbudget.phantoms.benchmark import BenchmarkConfig, run_benchmark
 
+    output_folder(output, overwrite=overwrite, command="benchmark")
     cfg = BenchmarkConfig.quick() if quick else BenchmarkConfig()
     if findings:
         chosen = tuple(findings.split(","))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lowbudget.cli.app import app, info, parse_seeds, quiet_libraries
+from lowbudget.cli.app import app, info, overwrite_option, parse_seeds, parse_weights, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -19,6 +19,8 @@ _GUIDANCE = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale
 _SCHEDULER = typer.Option("ddim", "--scheduler", help="ddim | dpm++ | euler | pndm")
 _NEGATIVE = typer.Option("", "--negative", help="Negative prompt (the unconditional branch).")
 _SIZE = typer.Option(None, "--size", help="Image size in pixels (default: the base's native size).")
+_TRUST = typer.Option(None, "--trust", help="Folder of trusted public keys (<site>.pub): signed adapters must verify.")
+_REQUIRE = typer.Option(False, "--require-signature", help="Refuse adapters not signed by a key in --trust.")
 
 
 def _sampling_options(steps: int, guidance: float, scheduler: str, negative: str, size: Optional[int]) -> dict:
@@ -29,24 +31,31 @@ def _sampling_options(steps: int, guidance: float, scheduler: str, negative: str
 def generate(
     prompt: str = typer.Argument(..., help="Prompt; compose with 'a :0.3 AND b :0.7'."),
     base: Optional[str] = _BASE, adapters: list[Path] = _ADAPTERS,
+    trust: Optional[Path] = _TRUST, require_signature: bool = _REQUIRE,
     n: int = typer.Option(4, "-n", help="Number of images (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, "--seed", help="First seed."),
     output: Path = typer.Option(Path("runs/generated"), "--output", "-o", help="Output folder."),
     fmt: str = typer.Option("png", "--format", help="png | dicom (Secondary Capture marked synthetic)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per U-Net call."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE,
+    size: Optional[int] = _SIZE, overwrite: bool = overwrite_option(),
 ) -> None:
     """Generate images; each PNG carries the parameters that regenerate it."""
+    from lowbudget.io import output_folder
     from lowbudget.sampling.outputs import record, save_dicom, save_png
+    from lowbudget.sampling.prompts import check_tokens_known
     from lowbudget.sampling.sampler import SampleRequest, sample
 
     if fmt not in ("png", "dicom"):
         raise LowbudgetError(f"--format {fmt!r} is not known; expected png or dicom")
-    pipe, base_info, adapter_info = _pipeline(base, adapters)
+    if n < 1:
+        raise LowbudgetError(f"-n {n} must be at least 1")
     seeds = list(range(seed, seed + n))
     req = SampleRequest(prompt=prompt, seeds=seeds, batch_size=batch_size,
-                        **_sampling_options(steps, guidance, scheduler, negative, size))
+                        **_sampling_options(steps, guidance, scheduler, negative, size))  # checks the values
+    pipe, base_info, adapter_info = _pipeline(base, adapters, trust, require_signature)
+    check_tokens_known(pipe.tokenizer.get_vocab(), [prompt, negative])  # before a folder is made
+    output_folder(output, overwrite=overwrite, command="generate")
     images = sample(pipe, req)
     for s, image in zip(seeds, images):
         rec = record(req, s, base_info, adapter_info)
@@ -59,6 +68,7 @@ def generate(
 @app.command()
 def compose(
     adapters: list[Path] = _ADAPTERS, base: Optional[str] = _BASE,
+    trust: Optional[Path] = _TRUST, require_signature: bool = _REQUIRE,
     interpolate: Optional[list[str]] = typer.Option(None, "--interpolate", help="Two components A B (give twice).",
                                                     show_default=False),
     combine: Optional[list[str]] = typer.Option(None, "--combine", help="Components to combine (repeatable)."),
@@ -69,23 +79,25 @@ def compose(
     seeds: str = _SEEDS,
     output: Path = typer.Option(Path("runs/compose.png"), "--output", "-o", help="Output PNG (strip or grid)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE,
+    size: Optional[int] = _SIZE, overwrite: bool = overwrite_option(),
 ) -> None:
     """Interpolate between two components (a strip) or combine several (a grid)."""
+    from lowbudget.io import output_file
     from lowbudget.sampling import compose as comp
     from lowbudget.sampling.sampler import SampleRequest
 
     if bool(interpolate) == bool(combine):
         raise LowbudgetError("give either --interpolate A --interpolate B or --combine A --combine B ...")
-    pipe, _, _ = _pipeline(base, adapters)
     req = SampleRequest(prompt="", seeds=list(parse_seeds(seeds)), **_sampling_options(steps, guidance, scheduler, negative, size))
+    ws = parse_weights(weights) if weights else [1.0] * len(combine or [])
+    output_file(output, overwrite=overwrite)
+    pipe, _, _ = _pipeline(base, adapters, trust, require_signature)
     if interpolate:
         if len(interpolate) != 2:
             raise LowbudgetError(f"--interpolate takes exactly two components, got {len(interpolate)}")
         ws, images, prompts = comp.interpolation(pipe, *interpolate, steps=n_weights, method=method, template=template, request=req)
         title = f"{method}: {interpolate[0]} -> {interpolate[1]}, weights " + ", ".join(f"{w:.2f}" for w in ws)
     else:
-        ws = [float(w) for w in weights.split(",")] if weights else [1.0] * len(combine)
         images, prompts = comp.combination(pipe, combine, ws, template=template, request=req)
         title = " | ".join(prompts)
     _grid(images, [f"seed {s}" for s in req.seeds], title, output)
@@ -99,28 +111,29 @@ def inpaint(
     mask: Optional[Path] = typer.Option(None, "--mask", help="Mask PNG (white = repaint)."),
     box: Optional[str] = typer.Option(None, "--box", help="Or a box x0,y0,x1,y1 in pixels of the working size."),
     base: Optional[str] = _BASE, adapters: list[Path] = _ADAPTERS,
+    trust: Optional[Path] = _TRUST, require_signature: bool = _REQUIRE,
     feather_px: int = typer.Option(8, "--feather", help="Soft edge width in pixels."),
     strength: float = typer.Option(1.0, "--strength", help="1 = repaint from noise; lower keeps more of the input."),
     paste_back: bool = typer.Option(False, "--paste-back", help="Pixels outside the feathered mask stay the input's exactly."),
     seed: int = typer.Option(0, "--seed"),
     output: Path = typer.Option(Path("runs/inpainted.png"), "--output", "-o"),
     steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE,
+    size: Optional[int] = _SIZE, overwrite: bool = overwrite_option(),
 ) -> None:
     """Inpaint a finding into a region of an image (any base; SD inpainting checkpoints natively)."""
+    from lowbudget.io import output_file
     from lowbudget.sampling.masks import box_mask, load_input_image, png_mask
     from lowbudget.sampling.outputs import record, save_png
     from lowbudget.sampling.sampler import Inpainting, SampleRequest, native_size, sample
 
     if (mask is None) == (box is None):
         raise LowbudgetError("give exactly one of --mask PNG or --box x0,y0,x1,y1")
-    if not 0 < strength <= 1:
-        raise LowbudgetError(f"--strength {strength} must be in (0, 1]")
-    pipe, base_info, adapter_info = _pipeline(base, adapters)
+    output_file(output, overwrite=overwrite, source=image)
+    pipe, base_info, adapter_info = _pipeline(base, adapters, trust, require_signature)
     work = size or native_size(pipe)
-    region = box_mask(box, work) if box else png_mask(mask, work)
-    job = Inpainting(image=load_input_image(image, work), mask=region, feather=feather_px, strength=strength,
-                     paste_back=paste_back)
+    pixels, shape = load_input_image(image, work)
+    region = box_mask(box, work) if box else png_mask(mask, work, shape)
+    job = Inpainting(image=pixels, mask=region, feather=feather_px, strength=strength, paste_back=paste_back)
     req = SampleRequest(prompt=prompt, seeds=[seed], inpaint=job, **_sampling_options(steps, guidance, scheduler, negative, work))
     result = sample(pipe, req)[0]
     rec = record(req, seed, base_info, adapter_info, inpaint={"image": image.name, "box": box, "feather": feather_px,
@@ -129,11 +142,11 @@ def inpaint(
     info(f"wrote {output}")
 
 
-def _pipeline(base: Optional[str], adapters: list[Path]):
+def _pipeline(base: Optional[str], adapters: list[Path], trust: Optional[Path], require_signature: bool):
     from lowbudget.sampling.outputs import open_pipeline
 
     quiet_libraries()
-    return open_pipeline(base, adapters, warn=info)
+    return open_pipeline(base, adapters, warn=info, trust=trust, require_signature=require_signature)
 
 
 def _grid(images, row_labels: list[str], title: str, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Commands that make and check adapters: train, recipes, bases, adapter files, the library."""
+"""Commands that make and check adapters: train, recipes, bases, adapter files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lowbudget.cli.app import app, info, library_app, quiet_libraries
+from lowbudget.cli.app import app, info, overwrite_option, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -21,6 +21,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override any recipe value: --set optim.lr_ti=0.01 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Train a textual-inversion embedding, a LoRA, or both, as the recipe says."""
     from lowbudget.recipe import load_recipe, parse_override
@@ -32,7 +33,7 @@ def train(
             values[key] = value
     loaded = load_recipe(recipe, values)
     quiet_libraries()
-    result = run_training(loaded, resume=resume, progress=not quiet, log=info)
+    result = run_training(loaded, resume=resume, overwrite=overwrite, progress=not quiet, log=info)
     info(f"trained {result.steps} steps; median {result.seconds_per_step:.3f} s/step; "
           f"start-up {result.startup_seconds:.1f} s; final loss {result.losses[-1]:.4f}")
     for path in result.files:
@@ -44,6 +45,7 @@ def inspect(
     files: list[Path] = typer.Argument(..., help="Adapter files: embeddings (any layout) or LoRA .safetensors."),
     base: Optional[str] = typer.Option(None, "--base", help="Also check whether each file fits this base model."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    trust: Optional[Path] = typer.Option(None, "--trust", help="Also check signatures against this folder of public keys."),
 ) -> None:
     """Show an adapter file's metadata, shapes, norms, size and sha256 (and fit to a base)."""
     from lowbudget.adapters.inspect import describe, format_report, to_json
@@ -54,9 +56,10 @@ def inspect(
 
         quiet_libraries()
         loaded = load_base(base)
-    reports = [describe(path, loaded) for path in files]
+    reports = [describe(path, loaded, trust) for path in files]
     typer.echo(to_json(reports) if as_json else "\n\n".join(format_report(r) for r in reports))
-    if any(r.get("problems") or not r.get("fits_base", {"ok": True})["ok"] for r in reports):
+    if any(r.get("problems") or not r.get("fits_base", {"ok": True})["ok"] or r["signature"].get("verified") is False
+           for r in reports):
         raise typer.Exit(1)
 
 
@@ -67,21 +70,23 @@ def convert(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: beside FILE)."),
     token: Optional[str] = typer.Option(None, "--token", help="Token name to store (default: the file's own)."),
     width: Optional[int] = typer.Option(None, "--width", help="SDXL files: keep the part of this width (768 or 1280)."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI.
 
     The new file is named after the token's word (default: <layout>/<word>.pt|.safetensors beside
     FILE), because A1111, kohya and ComfyUI trigger an embedding by its file name.
     """
+    from lowbudget.adapters.compat import check_not_a_word
     from lowbudget.adapters.formats import default_output, naming_notes, read_embedding, triggers, write_embedding
+    from lowbudget.io import output_file
     from lowbudget.models.tokenizer import clip_tokenizer
 
     emb = read_embedding(file, token)
+    check_not_a_word(emb)
     if width is not None:
         emb.parts = {emb.token: emb.vectors(width)}
-    target = output or default_output(emb, to)
-    if target.exists():
-        raise LowbudgetError(f"'{target}' already exists; choose another --output")
+    target = output_file(output or default_output(emb, to), overwrite=overwrite, source=file)
     write_embedding(emb, to, target)
     info(f"wrote {target} ({to} layout, token {emb.token})")
     written = read_embedding(target)
@@ -108,37 +113,11 @@ def make_base(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a random-weight Stable Diffusion folder (for tests and speed benchmarks)."""
+    from lowbudget.io import output_folder
     from lowbudget.models.architectures import get_shape, write_base_folder
 
-    if output.exists():
+    if output.exists() or output.is_symlink():
         raise LowbudgetError(f"'{output}' already exists; make-base writes a new folder only")
+    output_folder(output, command="make-base")  # also refuses a path under a file
     write_base_folder(output, get_shape(shape), seed=seed)
     info(f"wrote {shape} base with random weights to {output}")
-
-
-@library_app.command("add")
-def library_add(
-    file: Path = typer.Argument(..., help="Embedding file to add."),
-    library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
-    base: str = typer.Option("embedded", "--base", help="The base it was trained on ('embedded' or a model name/path)."),
-    description: str = typer.Option("", "--description", help="One line (default: the file's own)."),
-) -> None:
-    """Copy an embedding into the library and add it to index.json."""
-    from lowbudget.library import add_to_library
-
-    entry = add_to_library(library, file, base=base, description=description)
-    info(f"added {entry.file} ({entry.token}, {entry.n_vectors} vectors, sha256 {entry.sha256[:12]})")
-
-
-@library_app.command("verify")
-def library_verify(library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder.")) -> None:
-    """Check every checksum in index.json and that every file loads on its base."""
-    from lowbudget.library import read_index, verify_library
-
-    quiet_libraries()
-    problems = verify_library(library)
-    for problem in problems:
-        typer.echo(problem)
-    if problems:
-        raise LowbudgetError(f"{len(problems)} problem(s) in the library '{library}'")
-    info(f"{len(read_index(library))} entries in '{library}': all checksums match and all files load")

@@ -8,6 +8,7 @@ learned token(s). Multi-vector expansion of tokens happens later, in the adapter
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -19,25 +20,40 @@ METADATA_FILE = "metadata.jsonl"
 
 
 def read_metadata_jsonl(path: Path) -> dict[str, str]:
-    """``{"file_name": ..., "text": ...}`` per line -> {relative file name: caption}."""
+    """``{"file_name": ..., "text": ...}`` per line -> {relative file name: caption}.
+
+    UTF-8, with or without the byte-order mark some Windows editors write; both values must
+    be strings (a ``null`` caption would otherwise train on the word "None").
+    """
     captions: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            captions[_key(row["file_name"])] = str(row["text"])
+            name, text = row["file_name"], row["text"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(
-                f"{path}:{number} is not a JSON object with 'file_name' and 'text' keys"
-            ) from None
+            raise DataError(f"{path}:{number} is not a JSON object with 'file_name' and 'text' keys") from None
+        for key, value in (("file_name", name), ("text", text)):
+            if not isinstance(value, str):
+                raise DataError(f"{path}:{number}: \"{key}\" is {json.dumps(value)}; expected a string")
+        captions[_key(name)] = text
     return captions
+
+
+def read_utf8(path: Path) -> str:
+    """A text file in UTF-8 (a leading byte-order mark is dropped), or a DataError naming the byte."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "save it as UTF-8") from None
 
 
 def read_caption_csv(path: Path, file_column: str, text_column: str) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"caption CSV '{path}' does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_utf8(path), newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         missing = [c for c in (file_column, text_column) if c not in columns]

@@ -9,6 +9,7 @@ recipe's resolution, and reports unreadable files by path. An empty or all-broke
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from lowbudget.data.captions import METADATA_FILE, caption_for, resolve_caption_source
-from lowbudget.data.readers import UnreadableImage, image_kind, read_image_scaled
-from lowbudget.errors import DataError
+from lowbudget.data.readers import ImageNote, UnreadableImage, image_kind, read_image_scaled
+from lowbudget.errors import DataError, quote
 from lowbudget.recipe import DataConfig
 
 
@@ -80,23 +81,30 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     if mask_dir is not None and not mask_dir.is_dir():
         raise DataError(f"data.mask_dir '{mask_dir}' does not exist or is not a folder")
 
-    candidates = _candidate_files(folder, exclude=mask_dir)
+    candidates, skipped = _candidate_files(folder, exclude=mask_dir)
+    for path, reason in skipped:
+        warn(f"skipping {path}: {reason}")
     if cfg.max_images:
         candidates = candidates[: cfg.max_images]
-    images, skipped, stretched = [], [], 0
+    images, stretched = [], 0
     for path in candidates:
         relative = path.relative_to(folder).as_posix()
         try:
             caption = None if captions is None else caption_for(relative, captions)
             if captions is not None and caption is None:
                 raise UnreadableImage(f"no caption for it in the {source} captions")
-            pixels, by_content = read_image_scaled(path, cfg)
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", ImageNote)
+                pixels, by_content = read_image_scaled(path, cfg)
             pixels = to_rgb(fit_square(pixels, cfg.resolution, cfg.center_crop))
             mask = _read_mask(mask_dir, path, cfg) if mask_dir else None
         except UnreadableImage as exc:
             skipped.append((path, str(exc)))
             warn(f"skipping {path}: {exc}")
             continue
+        for note in notes:
+            if issubclass(note.category, ImageNote):
+                warn(f"{path}: {note.message}")
         images.append(TrainingImage(path=path, pixels=pixels, caption=caption, mask=mask))
         stretched += by_content
 
@@ -110,16 +118,23 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped)
 
 
-def _candidate_files(folder: Path, exclude: Path | None) -> list[Path]:
-    files = []
+def _candidate_files(folder: Path, exclude: Path | None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``folder``, and those named like images that are not regular files
+    (a FIFO, a socket, a dangling link or a link loop): reported, never opened."""
+    files, odd = [], []
+    excluded = exclude.resolve() if exclude is not None else None
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name == METADATA_FILE or any(p.startswith(".") for p in path.relative_to(folder).parts):
+        if path.name == METADATA_FILE or any(p.startswith(".") for p in path.relative_to(folder).parts):
             continue
-        if exclude is not None and exclude.resolve() in path.resolve().parents:
+        if path.is_dir() or image_kind(path) is None:
             continue
-        if image_kind(path) is not None:
-            files.append(path)
-    return files
+        if not path.is_file():
+            odd.append((path, "not a regular file (a FIFO, a device, a broken link or a link loop)"))
+            continue
+        if excluded is not None and excluded in path.resolve().parents:
+            continue
+        files.append(path)
+    return files, odd
 
 
 def _read_mask(mask_dir: Path, image_path: Path, cfg: DataConfig) -> np.ndarray:
@@ -129,9 +144,15 @@ def _read_mask(mask_dir: Path, image_path: Path, cfg: DataConfig) -> np.ndarray:
     mask_path = mask_dir / f"{stem}.png"
     if not mask_path.is_file():
         raise UnreadableImage(f"no loss mask {mask_path}")
-    with Image.open(mask_path) as img:
-        mask = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    return fit_square(mask, cfg.resolution, cfg.center_crop)
+    try:
+        with Image.open(mask_path) as img:
+            mask = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:
+        raise UnreadableImage(f"loss mask {mask_path} is not a readable image ({quote(exc)})") from None
+    mask = fit_square(mask, cfg.resolution, cfg.center_crop)
+    if not mask.any():  # the loss would be 0 at every step this image is drawn
+        raise UnreadableImage(f"loss mask {mask_path} is all black: no pixel would train (white = train)")
+    return mask
 
 
 def fit_square(arr: np.ndarray, size: int, center_crop: bool = True) -> np.ndarray:

@@ -3,11 +3,13 @@
 Every reader returns ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour) float32 in [0, 1], so
 the rest of the pipeline never sees bit depths, photometric interpretations or volumes.
 Failures raise :class:`UnreadableImage` with a short reason; the dataset reports the path
-and skips the file.
+and skips the file. A file that is read, but not quite as it is stored (a volume with a few
+NaN voxels), emits an :class:`ImageNote` warning that the dataset reports beside the path.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,10 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 class UnreadableImage(Exception):
     """A file that is not a usable image; the message says why."""
+
+
+class ImageNote(UserWarning):
+    """A file was read, with a change the user should hear about."""
 
 
 def image_kind(path: Path) -> str | None:
@@ -143,6 +149,8 @@ def _read_dicom(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
         if index >= frames:
             raise UnreadableImage(f"data.dicom_frame = {cfg.dicom_frame} but the file has {frames} frames")
         pixels = pixels[index]
+    if photometric == "PALETTE COLOR":  # the stored values are indices into a colour table
+        return _palette_rgb(pixels, ds), False
     if not photometric.startswith("MONOCHROME"):  # pydicom already decoded YBR to RGB
         return pixels.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1), False
     values = apply_modality_lut(pixels, ds).astype(np.float64)  # rescale slope / intercept
@@ -153,6 +161,16 @@ def _read_dicom(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
         out, stretched = normalise(values, cfg, float(2 ** int(ds.BitsStored) - 1))
     # MONOCHROME1: the lowest value is displayed white (e.g. many CR/DX chest films).
     return (1.0 - out if photometric == "MONOCHROME1" else out), stretched
+
+
+def _palette_rgb(pixels: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    descriptor = getattr(ds, "RedPaletteColorLookupTableDescriptor", None)
+    if descriptor is None or "RedPaletteColorLookupTableData" not in ds:
+        raise UnreadableImage("PALETTE COLOR without a colour lookup table: its values are table indices, not intensities")
+    rgb = apply_color_lut(pixels, ds)  # (H, W, 3), entries of `descriptor[2]` bits
+    return rgb.astype(np.float32) / float(2 ** int(descriptor[2]) - 1)
 
 
 def _first_value(value) -> float:
@@ -179,6 +197,7 @@ def _read_nifti(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
     volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
     if volume.ndim == 4:  # a time series / multi-echo: the first volume
         volume = volume[..., 0]
+    volume = _finite_voxels(volume)
     if volume.ndim == 2:
         return normalise(np.rot90(volume), cfg)
     if volume.ndim != 3:
@@ -194,3 +213,16 @@ def _read_nifti(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
     # One window per volume, so slices of one patient keep their relative brightness.
     # rot90 puts anterior up for RAS-oriented axial slices (radiological display).
     return normalise(np.rot90(slab), cfg, reference=volume)
+
+
+def _finite_voxels(volume: np.ndarray) -> np.ndarray:
+    """NaN / infinite voxels (common outside a brain mask) become the lowest finite value."""
+    bad = ~np.isfinite(volume)
+    if not bad.any():
+        return volume
+    if bad.all():
+        raise UnreadableImage("every voxel is NaN or infinite")
+    fill = float(volume[~bad].min())
+    warnings.warn(ImageNote(f"{int(bad.sum())} of {volume.size} voxels are NaN or infinite; "
+                            f"read as the volume's lowest finite value ({fill:g})"), stacklevel=2)
+    return np.where(bad, fill, volume).astype(np.float32)

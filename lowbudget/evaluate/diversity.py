@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lowbudget.errors import DataError
+from lowbudget.errors import DataError, quote
 from lowbudget.evaluate.images import list_images, load_image
 
 BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -94,8 +94,11 @@ def prompt_groups(paths: list[Path]) -> list[list[Path]] | None:
     for path in paths:
         if path.suffix.lower() != ".png":
             return None
-        with Image.open(path) as img:
-            info = dict(img.info)
+        try:
+            with Image.open(path) as img:
+                info = dict(img.info)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read '{path}': {quote(exc)}") from None
         prompt = None
         if "lowbudget" in info:
             prompt = str(json.loads(info["lowbudget"]).get("prompt"))

@@ -168,24 +168,25 @@ def _load_folder(path: Path) -> BaseModel:
     missing = [part for part in _FOLDER_PARTS if not (path / part).is_dir()]
     if missing:
         raise ModelError(f"base model folder '{path}' lacks the subfolder(s) {', '.join(missing)}")
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
-        scheduler_config = _read_scheduler_config(path / "scheduler")
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load base model folder '{path}': {quote(exc)}") from exc
+    loaders = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL,
+               "unet": UNet2DConditionModel}
+    parts = {}
+    for part, cls in loaders.items():
+        try:
+            parts[part] = cls.from_pretrained(path / part, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            # transformers reports weights that disagree with config.json in a log, then raises this
+            reason = ("its weights do not match its config.json (tensor shapes differ)"
+                      if "mismatched_sizes" in str(exc) or "size mismatch" in str(exc) else quote(exc))
+            raise ModelError(f"cannot load '{path / part}' of base model '{path}': {reason}") from exc
+    scheduler_config = _read_scheduler_config(path / "scheduler")
     return BaseModel(
         name=path.name,
         source=str(path),
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        unet=unet,
+        **parts,
         scheduler_config=scheduler_config,
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
-        extras={"vocab_size": text_encoder.get_input_embeddings().num_embeddings},
+        extras={"vocab_size": parts["text_encoder"].get_input_embeddings().num_embeddings},
     )
 
 
@@ -195,4 +196,10 @@ def _read_scheduler_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "scheduler_config.json"
     if not config_file.is_file():
         raise ModelError(f"base model scheduler folder '{folder}' has no scheduler_config.json")
-    return json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"'{config_file}' is not a JSON file ({quote(exc)})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"'{config_file}' holds {type(config).__name__}; expected a JSON object")
+    return config

@@ -66,7 +66,7 @@ def _interpolation(pipe, finding: str, sampling: Sampling, output: Path) -> list
 def _combination(pipe, finding: str, library: Path | None, sampling: Sampling, output: Path, log) -> list[str]:
     """Combine with another finding of the same modality from the shared library, if it has one."""
     import lowbudget
-    from lowbudget.library import read_index
+    from lowbudget.sharing.library import read_index
     from lowbudget.phantoms.benchmark import save_strip
     from lowbudget.phantoms.detectors import flagged
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lowbudget import checks
 from lowbudget.errors import LowbudgetError
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import chest, prostate
@@ -118,14 +119,24 @@ class Phantom:
     masks: dict[str, np.ndarray]
 
 
+def check_request(modality: str, finding: str, *, n: int, size: int, seed: int, prevalence: float) -> Any:
+    """The modality module, once every value of a request is known to work."""
+    mod = get_modality(modality)
+    check_finding(mod, finding)
+    checks.at_least("-n", n, 1)
+    checks.within("--size", size, 16, checks.MAX_IMAGE_SIZE)  # 100,000 px would need ~75 GiB per image
+    checks.within("--prevalence", prevalence, 0.0, 1.0)
+    checks.seed("--seed", seed)
+    return mod
+
+
 def generate(modality: str, finding: str = "none", *, n: int, size: int = 64, seed: int = 0,
              prevalence: float = 0.0, describe: bool = False) -> list[Phantom]:
     """``n`` phantoms that all show ``finding`` ('none': no forced finding), others at ``prevalence``.
 
     ``describe`` adds the appearance words of pretraining captions; the images do not change.
     """
-    mod = get_modality(modality)
-    check_finding(mod, finding)
+    mod = check_request(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)
     rng = np.random.default_rng(seed)
     present = set() if finding == "none" else {finding}
     out = []
@@ -155,8 +166,6 @@ def write_phantoms(output: Path, modality: str = "chest", finding: str = "none",
     formats = {"png": ["png"], "png16": ["png16"], "dicom": ["dicom"], "mixed": ["png", "png16", "dicom"]}
     if fmt not in formats:
         raise LowbudgetError(f"--format {fmt!r} is not known; expected one of {', '.join(formats)}")
-    if n < 1 or size < 16:
-        raise LowbudgetError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
     output = Path(output)
     paths, rows, table = [], [], []
     for i, ph in enumerate(generate(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)):

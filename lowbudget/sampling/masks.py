@@ -13,17 +13,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowbudget.errors import LowbudgetError
+from PIL import Image
+
+from lowbudget.data.dataset import fit_square, to_rgb
+from lowbudget.data.readers import UnreadableImage, read_image
+from lowbudget.errors import LowbudgetError, quote
+from lowbudget.recipe import DataConfig
 
 
-def load_input_image(path: str | Path, size: int) -> torch.Tensor:
-    """(1, 3, size, size) in [0, 1] from PNG/JPEG/TIFF/DICOM."""
-    from lowbudget.evaluate.images import load_image
-
+def load_input_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(1, 3, size, size) in [0, 1] from PNG/JPEG/TIFF/DICOM, and the file's own (H, W)."""
     path = Path(path)
     if not path.is_file():
         raise LowbudgetError(f"input image '{path}' does not exist")
-    return load_image(path, size)[None]
+    try:
+        arr = read_image(path, DataConfig())
+    except UnreadableImage as exc:
+        raise LowbudgetError(f"cannot read input image '{path}': {exc}") from None
+    rgb = to_rgb(fit_square(arr, size))  # (size, size, 3)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None], arr.shape[:2]
 
 
 def box_mask(box: str, size: int) -> torch.Tensor:
@@ -39,16 +47,24 @@ def box_mask(box: str, size: int) -> torch.Tensor:
     return mask
 
 
-def png_mask(path: str | Path, size: int) -> torch.Tensor:
-    from PIL import Image
+def png_mask(path: str | Path, size: int, image_shape: tuple[int, int]) -> torch.Tensor:
+    """(1, 1, size, size) from a mask image of the input's own size (or the working size).
 
-    from lowbudget.data.dataset import fit_square
-
+    A mask of any other size would be stretched or cropped differently from the image, so
+    that the region repainted is not the one drawn: it is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise LowbudgetError(f"mask '{path}' does not exist")
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0  # (H, W)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise LowbudgetError(f"mask '{path}' is not a readable image ({quote(exc)}); expected a PNG, white = repaint") from None
+    h, w = image_shape
+    if arr.shape not in ((h, w), (size, size)):
+        raise LowbudgetError(f"mask '{path}' is {arr.shape[1]} x {arr.shape[0]} pixels; expected the input image's "
+                             f"{w} x {h} (or the working {size} x {size})")
     mask = torch.from_numpy((fit_square(arr, size) >= 0.5).astype(np.float32))[None, None]
     if mask.sum() == 0:
         raise LowbudgetError(f"mask '{path}' is empty: white marks where to inpaint")

@@ -91,8 +91,10 @@ def save_grid(images: torch.Tensor, row_labels: list[str], path: str | Path) -> 
     return save_plain_png(image_grid([[to_pil(img) for img in row] for row in images], row_labels), path)
 
 
-def open_pipeline(base: str | Path | None, adapters: list[Path], warn=print):
-    """A diffusers pipeline on ``base`` with ``adapters`` loaded, plus records of both for the PNGs."""
+def open_pipeline(base: str | Path | None, adapters: list[Path], warn=print, *, trust: str | Path | None = None,
+                  require_signature: bool = False):
+    """A diffusers pipeline on ``base`` with ``adapters`` loaded (signatures checked as
+    ``lowbudget.load_adapter`` does), plus records of both for the PNGs."""
     import lowbudget
     from lowbudget.adapters.files import LORA_WEIGHT_NAME
     from lowbudget.io import sha256_file
@@ -103,7 +105,7 @@ def open_pipeline(base: str | Path | None, adapters: list[Path], warn=print):
     pipe.set_progress_bar_config(disable=True)
     records = []
     for path in map(Path, adapters):
-        name = lowbudget.load_adapter(pipe, path, warn=warn)
+        name = lowbudget.load_adapter(pipe, path, trust=trust, require_signature=require_signature, warn=warn)
         file = path / LORA_WEIGHT_NAME if path.is_dir() else path
         records.append({"name": name, "file": file.name, "sha256": sha256_file(file)})
     return pipe, {"name": loaded.name, "fingerprint": loaded.fingerprint}, records

@@ -50,11 +50,25 @@ def expand_learned_tokens(pipe, text: str) -> str:
     return expand_tokens(text, {w: n for w, n in counts.items() if n > 1})
 
 
+_LEARNED = re.compile(r"<[^<>\s]+>")  # '<effusion>': how learned tokens are spelled by convention
+
+
+def check_tokens_known(vocab: dict[str, int], texts: list[str]) -> None:
+    """A '<token>' the vocabulary lacks would be drawn as the letters of its name: refuse it."""
+    unknown = sorted({w for t in texts for w in _LEARNED.findall(t) if w not in vocab and f"{w}</w>" not in vocab})
+    if unknown:
+        learned = sorted(w for w in vocab if _LEARNED.fullmatch(w) and "|" not in w)  # not <|endoftext|>
+        have = f"loaded: {', '.join(learned)}" if learned else "no token is loaded"
+        raise LowbudgetError(f"the prompt names {', '.join(unknown)}, which this model does not know ({have}); "
+                             "load its file with --adapter")
+
+
 @torch.no_grad()
 def encode_texts(pipe, texts: list[str]) -> torch.Tensor:
     """(len(texts), 77, D) text-encoder states; each text in its own 77-token window."""
     tokenizer = pipe.tokenizer
     limit = tokenizer.model_max_length
+    check_tokens_known(tokenizer.get_vocab(), texts)
     expanded = [expand_learned_tokens(pipe, t) for t in texts]
     for text, full in zip(texts, expanded):
         n = len(tokenizer(full).input_ids)

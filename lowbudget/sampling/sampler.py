@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from lowbudget import checks
 from lowbudget.errors import LowbudgetError
 from lowbudget.sampling.masks import feather, paste_back, to_latent_grid
 from lowbudget.sampling.prompts import SubPrompt, encode_texts, parse_prompt
@@ -33,6 +34,13 @@ class Inpainting:
     strength: float = 1.0  # 1 = start from noise; < 1 = start from the noised original
     paste_back: bool = False
 
+    def __post_init__(self) -> None:
+        size = int(self.image.shape[-1])
+        # the blur kernel is 2 * feather + 1 wide: beyond half the image it only costs memory
+        checks.within("--feather", self.feather, 0, size // 2)
+        if not (checks.finite("--strength", self.strength) > 0 and self.strength <= 1):
+            raise LowbudgetError(f"--strength = {self.strength!r} must be in (0, 1]")
+
 
 @dataclass
 class SampleRequest:
@@ -45,6 +53,14 @@ class SampleRequest:
     size: int | None = None  # pixels; default: the base's native size
     batch_size: int = 4  # images per U-Net call (each is K + 1 rows)
     inpaint: Inpainting | None = None
+
+    def __post_init__(self) -> None:
+        checks.seeds("seed", self.seeds)
+        checks.within("--steps", self.steps, 1, 1000)  # the base's own limit is checked when sampling
+        checks.finite("--guidance", self.guidance)
+        checks.at_least("--batch-size", self.batch_size, 1)
+        if self.size is not None:
+            checks.image_size("--size", self.size)
 
     @property
     def parts(self) -> list[SubPrompt]:
@@ -89,11 +105,20 @@ def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Seque
                   watch: Watch | None = None) -> torch.Tensor:
     """``sample`` from text-encoder states given directly: (K + 1, 77, D), the negative first,
     then one per weight; ``req.prompt`` and ``req.negative_prompt`` are not read."""
-    if req.steps < 1 or not req.seeds:
-        raise LowbudgetError("need at least one step and one seed")
+    trained = int(pipe.scheduler.config.num_train_timesteps)
+    if req.steps > trained:
+        raise LowbudgetError(f"--steps = {req.steps} is more than the {trained} timesteps this base's scheduler was trained on")
+    size = req.size or native_size(pipe)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    if size % factor:
+        raise LowbudgetError(f"--size = {size} must be a multiple of {factor} for this base (its VAE's scale factor)")
+    for w in weights:
+        checks.finite("composition weight", w)
+    if not any(weights):
+        raise LowbudgetError(f"every composition weight is 0 ({', '.join(f'{w:g}' for w in weights)}); "
+                             "at least one sub-prompt must count")
     if states.shape[0] != len(weights) + 1:
         raise LowbudgetError(f"{states.shape[0]} text states for {len(weights)} weights: expected one more (the negative)")
-    size = req.size or native_size(pipe)
     device = pipe.unet.device
     cond = states.to(device, pipe.unet.dtype)
     weights = torch.tensor(list(weights), device=device, dtype=torch.float32)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from lowbudget.adapters.lora import attach_lora, lora_adapter_metadata, lora_par
 from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
 from lowbudget.data.dataset import load_training_images
 from lowbudget.errors import TrainingError
-from lowbudget.io import atomic_write_text
+from lowbudget.io import atomic_write_text, output_folder
 from lowbudget.models.base import BaseModel, load_base
 from lowbudget.models.embedded import cache_dir
 from lowbudget.recipe import Recipe
@@ -46,11 +48,22 @@ class TrainResult:
     startup_seconds: float  # from train() to the first step: data, model, latents
 
 
-def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
+    """Train the recipe's adapters into ``recipe.output.dir``.
+
+    ``resume`` continues the run there from its checkpoint (or from step 0 when it stopped
+    before its first one); ``overwrite`` lets a new run write into a folder that holds files
+    lowbudget did not write. With ``optim.deterministic`` the run is bit-for-bit repeatable.
+    """
+    with reproducible(recipe.optim.deterministic):
+        return _train(recipe, resume=resume, overwrite=overwrite, progress=progress, log=log)
+
+
+def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log: Callable[[str], None]) -> TrainResult:
     t_start = time.perf_counter()
     out = Path(recipe.output.dir).expanduser()
-    _check_output_dir(out, resume)
+    resume = _claim_output(out, resume, overwrite, log)
     data, method, optim = recipe.data, recipe.method, recipe.optim
 
     # --- data first: a broken folder fails in seconds, before any model loads
@@ -113,17 +126,22 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True,
     n_train_timesteps = scheduler.config.num_train_timesteps
     if not 0 <= optim.min_timestep < n_train_timesteps:
         raise TrainingError(f"optim.min_timestep = {optim.min_timestep} must be in [0, {n_train_timesteps - 1}] for this scheduler")
+    if recipe.output.validation_prompts and recipe.output.validation_inference_steps > n_train_timesteps:
+        raise TrainingError(f"output.validation_inference_steps = {recipe.output.validation_inference_steps} is more "
+                            f"than the {n_train_timesteps} timesteps this base's scheduler was trained on")
 
     # --- resume
     start_step, losses = 0, []
     if resume:
         state = checkpoint.load_checkpoint(out)
-        _check_same_run(state["recipe"], recipe)
+        start_step = int(state["step"])
+        for change in _changes_on_resume(state["recipe"], recipe, start_step):
+            log(f"note: resuming with {change}")
         checkpoint.restore(state, trainable, optimizer)
-        start_step, losses = int(state["step"]), list(state["losses"])
+        losses = list(state["losses"])
         log(f"resuming at step {start_step} of {optim.max_steps}")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.toml", recipe.to_toml())
+    if accelerator.is_main_process:
+        atomic_write_text(out / "recipe.toml", recipe.to_toml())
 
     # --- the loop
     ti_steps = math.ceil(method.ti_fraction * optim.max_steps) if method.kind == "ti+lora" else optim.max_steps
@@ -223,22 +241,75 @@ def _accelerator(precision: str, *, pivotal: bool):
     )
 
 
-def _check_output_dir(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"output '{out}' exists and is not a folder")
-    holds_run = (out / "recipe.toml").exists() or checkpoint.checkpoint_path(out).exists()
+def _claim_output(out: Path, resume: bool, overwrite: bool, log: Callable[[str], None]) -> bool:
+    """Check the output folder under the one rule for outputs; return whether to resume.
+
+    A run that stopped before its first checkpoint left only its recipe.toml: ``--resume``
+    starts it again from step 0, which loses nothing, rather than refusing both ways.
+    """
+    holds_run = (out / "recipe.toml").is_file() or checkpoint.checkpoint_path(out).exists()
     if holds_run and not resume:
         raise TrainingError(f"output folder '{out}' already holds a run; pass --resume to continue it or choose another --output")
+    if resume and not holds_run:
+        checkpoint.load_checkpoint(out)  # raises: no checkpoint, no run
+    if resume and not checkpoint.checkpoint_path(out).exists():
+        log(f"note: the run in '{out}' stopped before its first checkpoint; starting it again from step 0")
+        resume = False
+    if not holds_run and _is_main_process():
+        output_folder(out, overwrite=overwrite, command="train")
+    return resume
 
 
-def _check_same_run(saved: dict, recipe: Recipe) -> None:
+def _is_main_process() -> bool:
+    from accelerate.state import PartialState
+
+    return PartialState().is_main_process
+
+
+# A resumed run must draw what the unbroken run would have drawn: these may not change.
+_FIXED_ON_RESUME = {"method": None, "optim": ("batch_size", "grad_accum", "seed", "deterministic"), "data": ("resolution",)}
+
+
+def _changes_on_resume(saved: dict, recipe: Recipe, step: int) -> list[str]:
+    """What differs from the checkpoint's recipe, as notes; raises where the run cannot continue."""
     now = recipe.to_dict()
-    for table, keys in (("method", None), ("optim", ("batch_size", "grad_accum", "seed")), ("data", ("resolution",))):
-        a, b = saved.get(table, {}), now[table]
-        for key in keys or b.keys():
-            if a.get(key) != b[key]:
-                raise TrainingError(f"--resume: {table}.{key} was {a.get(key)!r} in the checkpoint, now {b[key]!r}; "
+    if recipe.optim.max_steps < step:
+        raise TrainingError(f"--resume: optim.max_steps = {recipe.optim.max_steps} is below the checkpoint's step {step}; "
+                            f"give --max-steps {step} or more (the adapter there has trained {step} steps)")
+    notes = []
+    for table, values in now.items():
+        fixed = _FIXED_ON_RESUME.get(table, ())
+        for key, value in values.items():
+            before = saved.get(table, {}).get(key, value)
+            if before == value or (table, key) == ("output", "dir"):
+                continue
+            if fixed is None or key in fixed:
+                raise TrainingError(f"--resume: {table}.{key} was {before!r} in the checkpoint, now {value!r}; "
                                     "a resumed run must keep its method, batch and seed")
+            notes.append(f"{table}.{key} = {value!r} (the checkpoint's run had {before!r})")
+    return notes
+
+
+@contextmanager
+def reproducible(enabled: bool) -> Iterator[None]:
+    """Bit-for-bit repeatable training while inside, when ``enabled``.
+
+    Deterministic kernels only, and one CPU thread: with several, the order in which partial
+    sums are added can change between runs, and with it the last bits of every result.
+    The previous settings come back on exit (the test suite and notebooks run on).
+    """
+    if not enabled:
+        yield
+        return
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _trainable_tensors(base: BaseModel, bank: TokenBank | None) -> dict[str, torch.nn.Parameter]:

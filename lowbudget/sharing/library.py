@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from lowbudget.errors import AdapterError, quote
+from lowbudget.adapters.compat import check_embedding, check_not_a_word
+from lowbudget.adapters.formats import read_embedding
+from lowbudget.errors import AdapterError, SignatureError, quote
 from lowbudget.io import atomic_write, atomic_write_text, sha256_file
+from lowbudget.models import load_base
+from lowbudget.sharing.signing import read_signature, verify_file
 
 INDEX = "index.json"
 EMBEDDED = "embedded"
@@ -29,49 +33,70 @@ class LibraryEntry:
     n_vectors: int
     sha256: str
     description: str
+    signer: str = ""  # the site whose signature the file carries ('' = unsigned); checked by verify --trust
+
+
+MAX_ENTRIES = 10_000  # a site's library holds tens; an index far larger is a mistake or an attack
 
 
 def read_index(folder: str | Path) -> list[LibraryEntry]:
     path = Path(folder) / INDEX
     if not path.is_file():
         return []
+    return parse_index(path.read_bytes(), str(path))
+
+
+def parse_index(data: bytes, where: str) -> list[LibraryEntry]:
+    """The entries of an index.json given as bytes (a file or a download), every field checked."""
     try:
-        rows = json.loads(path.read_text())["embeddings"]
-        return [LibraryEntry(**row) for row in rows]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AdapterError(f"'{path}' is not a valid library index ({quote(exc)})") from None
+        rows = json.loads(data.decode("utf-8-sig"))["embeddings"]
+        if len(rows) > MAX_ENTRIES:
+            raise AdapterError(f"'{where}' lists {len(rows):,} entries; at most {MAX_ENTRIES:,} are read")
+        entries = [LibraryEntry(**row) for row in rows]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise AdapterError(f"'{where}' is not a valid library index ({quote(exc)})") from None
+    for entry in entries:
+        for f in fields(LibraryEntry):  # annotations are strings here: 'str' or 'int'
+            value = getattr(entry, f.name)
+            if type(value).__name__ != f.type:
+                raise AdapterError(f"'{where}': entry {entry.file!r} has {f.name} = {value!r}; expected {f.type}")
+        if Path(entry.file).name != entry.file or entry.file in ("", ".", ".."):
+            raise AdapterError(f"'{where}': entry file {entry.file!r} must be a file name inside the library, not a path")
+    return entries
 
 
 def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED, description: str = "") -> LibraryEntry:
     """Copy an embedding into the library and index it (an existing file is never replaced)."""
-    from lowbudget.adapters.formats import read_embedding
 
     folder, file = Path(folder), Path(file)
     emb = read_embedding(file)
+    check_not_a_word(emb)
     target = folder / file.name
     entries = read_index(folder)
     if target.exists() or any(e.file == file.name or e.token == emb.token for e in entries):
         raise AdapterError(f"the library '{folder}' already has {file.name} or the token {emb.token}")
     atomic_write(target, lambda tmp: shutil.copyfile(file, tmp))
+    signed = read_signature(target) if target.suffix == ".safetensors" else None
     entry = LibraryEntry(file=file.name, token=emb.token, base=base, modality=emb.metadata.get("modality", ""),
                          n_vectors=int(emb.vectors().shape[0]), sha256=sha256_file(target),
-                         description=description or emb.metadata.get("description", ""))
-    _write_index(folder, entries + [entry])
+                         description=description or emb.metadata.get("description", ""),
+                         signer=signed.signer if signed else "")
+    write_index(folder, entries + [entry])
     return entry
 
 
-def _write_index(folder: Path, entries: list[LibraryEntry]) -> None:
+def write_index(folder: Path, entries: list[LibraryEntry]) -> None:
     rows = [asdict(e) for e in sorted(entries, key=lambda e: e.file)]
     atomic_write_text(folder / INDEX, json.dumps({"embeddings": rows}, indent=2) + "\n")
 
 
-def verify_library(folder: str | Path) -> list[str]:
-    """Every problem found, one line each: missing files, checksum mismatches, files that do not fit their base."""
-    from lowbudget.adapters.compat import check_embedding
-    from lowbudget.adapters.formats import read_embedding
-    from lowbudget.models import load_base
-
+def verify_library(folder: str | Path, trust: str | Path | None = None) -> list[str]:
+    """Every problem found, one line each: missing files, checksum mismatches, files that do not
+    fit their base, and with ``trust`` (a folder of public keys) signatures that do not verify."""
     folder = Path(folder)
+    if not (folder / INDEX).is_file():
+        raise AdapterError(f"'{folder}' is not a library: it has no {INDEX}" if folder.is_dir()
+                           else f"library folder '{folder}' does not exist")
     problems, bases = [], {}
     for entry in read_index(folder):
         path = folder / entry.file
@@ -88,4 +113,10 @@ def verify_library(folder: str | Path) -> list[str]:
             check_embedding(read_embedding(path), base.tokenizer, base.text_encoder, base_name=entry.base)
         except Exception as exc:  # report every entry, not just the first failure
             problems.append(f"{entry.file}: does not load on base '{entry.base}': {exc}")
+            continue
+        if trust is not None:
+            try:
+                verify_file(path, trust)
+            except SignatureError as exc:
+                problems.append(f"{entry.file}: {exc}")
     return problems

@@ -1,0 +1,151 @@
+"""Commands that share adapters between sites: keys, sign, verify, share, and the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lowbudget.cli.app import app, info, keys_app, library_app, overwrite_option, quiet_libraries
+from lowbudget.errors import LowbudgetError
+
+_TRUST = typer.Option(None, "--trust", help="Folder of trusted public keys (<site>.pub).")
+
+
+@keys_app.command("new")
+def keys_new(
+    site: str = typer.Option(..., "--site", help="Your site's name, e.g. hospital-a (names the key files)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for <site>.key (private, 0600) and <site>.pub."),
+) -> None:
+    """Make an ed25519 key pair: keep <site>.key, hand <site>.pub to the sites you share with."""
+    from lowbudget.sharing.keys import load_public_key, new_keys
+
+    private, public = new_keys(site, output)
+    info(f"wrote {private} (private: keep it, mode 0600) and {public} (public: share it); "
+         f"key id {load_public_key(public).key_id}")
+
+
+@app.command()
+def sign(
+    file: Path = typer.Argument(..., help="Adapter .safetensors file (an embedding, or a LoRA's weights file)."),
+    key: Path = typer.Option(..., "--key", help="Your private key (<site>.key from `lowbudget keys new`)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the signed file here (default: in place)."),
+    overwrite: bool = overwrite_option(),
+) -> None:
+    """Sign an adapter file: the signature in its header covers every tensor and metadata field."""
+    from lowbudget.adapters.files import read_header
+    from lowbudget.io import output_file
+    from lowbudget.sharing.signing import sign_file
+
+    if output is None and not overwrite and "lowbudget_format" not in read_header(file):
+        raise LowbudgetError(f"'{file}' was not written by lowbudget, so it is not changed in place; "
+                             "give --output for the signed copy, or --overwrite")
+    if output is not None:
+        output_file(output, overwrite=overwrite, source=file)
+    signed = sign_file(file, key, output)
+    info(f"signed {output or file} as '{signed.signer}' (key {signed.key_id})")
+
+
+@app.command()
+def verify(
+    files: list[Path] = typer.Argument(..., help="Signed adapter files."),
+    trust: Path = typer.Option(..., "--trust", help="Folder of trusted public keys (<site>.pub)."),
+) -> None:
+    """Check that each file is signed by a trusted key and unchanged since."""
+    from lowbudget.sharing.signing import verify_file
+
+    for file in files:
+        signed = verify_file(file, trust)
+        typer.echo(f"{file}: signed by '{signed.signer}' (key {signed.key_id}), unchanged")
+
+
+@app.command()
+def share(
+    adapter: Path = typer.Argument(..., help="The adapter to release: an embedding, or a LoRA folder or file."),
+    training: Path = typer.Option(..., "--training", help="The images it was trained on (for the memorisation audit)."),
+    key: Path = typer.Option(..., "--key", help="Your private key (<site>.key)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the signed adapter and the audit report."),
+    base: Optional[str] = typer.Option(None, "--base", help="The base it was trained on (default: the embedded base)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="What to sample (default: its recipe's first caption template)."),
+    samples: int = typer.Option(64, "--samples", help="Images sampled for the audit."),
+    threshold: float = typer.Option(0.05, "--threshold", help="Largest fraction of near-copies that is released."),
+    steps: int = typer.Option(25, "--steps", help="Sampler steps per image."),
+    overwrite: bool = overwrite_option(),
+) -> None:
+    """Release check: sample, audit against the training images, and sign only what passes."""
+    from lowbudget.models import load_base
+    from lowbudget.sharing.release import ReleaseCheck, share as release
+
+    check = ReleaseCheck(samples=samples, threshold=threshold, steps=steps)
+    quiet_libraries()
+    audit = release(adapter, training, key, output, base=load_base(base), prompt=prompt, check=check,
+                    overwrite=overwrite, log=info)
+    info(f"released {audit['file']}: {audit['flagged_fraction']:.1%} of {audit['samples']} samples flagged as "
+         f"near-copies (threshold {audit['threshold']:.0%}); signed; audit in {output / 'memorisation.md'}")
+
+
+@library_app.command("add")
+def library_add(
+    file: Path = typer.Argument(..., help="Embedding file to add."),
+    library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
+    base: str = typer.Option("embedded", "--base", help="The base it was trained on ('embedded' or a model name/path)."),
+    description: str = typer.Option("", "--description", help="One line (default: the file's own)."),
+) -> None:
+    """Copy an embedding into the library and add it to index.json."""
+    from lowbudget.sharing.library import add_to_library
+
+    entry = add_to_library(library, file, base=base, description=description)
+    signer = f", signed by '{entry.signer}'" if entry.signer else ", unsigned"
+    info(f"added {entry.file} ({entry.token}, {entry.n_vectors} vectors, sha256 {entry.sha256[:12]}{signer})")
+
+
+@library_app.command("verify")
+def library_verify(
+    library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
+    trust: Optional[Path] = _TRUST,
+) -> None:
+    """Check every checksum in index.json, that every file loads on its base, and with --trust every signature."""
+    from lowbudget.sharing.library import read_index, verify_library
+
+    quiet_libraries()
+    problems = verify_library(library, trust=trust)
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise LowbudgetError(f"{len(problems)} problem(s) in the library '{library}'")
+    signed = " and signatures by trusted keys" if trust else ""
+    info(f"{len(read_index(library))} entries in '{library}': all checksums match{signed}, and all files load")
+
+
+@library_app.command("publish")
+def library_publish(
+    library: Path = typer.Argument(..., help="Library folder to publish."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to serve (index.json, adapters, keys/)."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="Folder with the signers' <site>.pub; every entry must verify."),
+    overwrite: bool = overwrite_option(),
+) -> None:
+    """Lay out a library as static files any web server can host."""
+    from lowbudget.sharing.remote import publish
+
+    quiet_libraries()
+    index = publish(library, output, keys=keys, overwrite=overwrite)
+    info(f"wrote {index}; serve '{output}' with any web server (e.g. python -m http.server -d {output})")
+
+
+@library_app.command("pull")
+def library_pull(
+    source: str = typer.Argument(..., help="URL (http/https) or folder of a published library."),
+    into: Path = typer.Option(..., "--into", help="Local library folder (created if missing)."),
+    trust: Optional[Path] = _TRUST,
+    base: Optional[str] = typer.Option(None, "--base", help="Local base: entries of another text width are skipped."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the server, per request."),
+) -> None:
+    """Fetch a published library: sha256, signatures (--trust) and fit are checked before anything lands."""
+    from lowbudget.models import load_base
+    from lowbudget.sharing.remote import pull
+
+    quiet_libraries()
+    result = pull(source, into, base=load_base(base), trust=trust, timeout=timeout, log=info)
+    info(f"pulled {len(result.added)} new file(s) into '{into}' ({len(result.present)} already there, "
+         f"{len(result.skipped)} skipped)")
