@@ -58,7 +58,7 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, final)
-    except (OSError, RuntimeError) as exc:  # torch and safetensors report a full disk as RuntimeError
+    except Exception as exc:  # torch reports a full disk as RuntimeError, safetensors as SafetensorError
         reason = write_failure(exc, final.parent)
         if reason is None:
             raise
@@ -150,6 +150,17 @@ def output_folder(folder: str | os.PathLike, *, overwrite: bool = False, command
     folder holding anything else is refused unless ``overwrite``. A file, or a path under a
     file, is refused whatever ``overwrite`` says.
     """
+    folder = check_output_folder(folder, overwrite=overwrite, option=option)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER).is_file():
+        atomic_write_text(folder / MARKER, json.dumps({"written_by": f"lowbudget {__version__}",
+                                                       "command": command}) + "\n")
+    return folder
+
+
+def check_output_folder(folder: str | os.PathLike, *, overwrite: bool = False, option: str = "--output") -> Path:
+    """:func:`output_folder`'s checks alone: nothing is created (for a command that checks its
+    output before long work and writes it at the end)."""
     folder = Path(folder).expanduser()
     _check_ancestors(folder, option)
     if folder.exists() and not folder.is_dir():
@@ -161,10 +172,6 @@ def output_folder(folder: str | os.PathLike, *, overwrite: bool = False, command
                 f"{option} '{folder}' already holds {len(foreign)} item(s) lowbudget did not write "
                 f"(e.g. '{foreign[0]}'); choose a new or empty folder, or pass --overwrite to write into it anyway"
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / MARKER).is_file():
-        atomic_write_text(folder / MARKER, json.dumps({"written_by": f"lowbudget {__version__}",
-                                                       "command": command}) + "\n")
     return folder
 
 

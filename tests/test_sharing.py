@@ -126,8 +126,15 @@ def test_commands_refuse_what_does_not_verify(monkeypatch, capsys, tmp_path, tin
     code, _, err = run(monkeypatch, capsys, "generate", "<eff>", "--adapter", path, "--require-signature",
                        "--trust", sites["trust"], *fast)
     assert_one_line_error(code, err, r"is not signed and a signature is required")
+    code, _, err = run(monkeypatch, capsys, "library", "add", path, "--library", tmp_path / "lib", "--require-signature",
+                       "--trust", sites["trust"])
+    assert_one_line_error(code, err, r"is not signed and a signature is required")
+    assert not (tmp_path / "lib").exists()
     code, _, err = run(monkeypatch, capsys, "sign", path, "--key", sites["a"])
     assert code == 0 and "signed" in err
+    code, _, err = run(monkeypatch, capsys, "library", "add", path, "--library", tmp_path / "lib", "--require-signature",
+                       "--trust", sites["trust"])
+    assert code == 0 and "signed by 'hospital-a'" in err, err
     code, _, err = run(monkeypatch, capsys, "generate", "<eff>", "--adapter", path, "--require-signature",
                        "--trust", sites["trust"], *fast)
     assert code == 0 and "verified" in err, err
@@ -264,10 +271,12 @@ def test_a_failed_pull_leaves_the_local_library_as_it_was(tmp_path, sites, tiny_
     mode = damage if damage in ("500", "hang", "truncate") else ""
     t0 = time.monotonic()
     with serve(published, _Broken if mode else _Quiet, mode) as url:
-        with pytest.raises(LowbudgetError, match=pattern):
-            pull(url, mine, base=load_base(tiny_base), trust=sites["trust"], timeout=0.5, log=lambda m: None)
+        for into in (mine, tmp_path / "new"):  # an existing library, and one the pull would create
+            with pytest.raises(LowbudgetError, match=pattern):
+                pull(url, into, base=load_base(tiny_base), trust=sites["trust"], timeout=0.5, log=lambda m: None)
     assert time.monotonic() - t0 < 30
     assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    assert not (tmp_path / "new").exists()
 
 
 def test_publish_and_pull_from_the_cli(monkeypatch, capsys, tmp_path, sites, tiny_base, published):

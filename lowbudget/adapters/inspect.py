@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lowbudget.adapters.files import AUDIT, read_header
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
+from lowbudget.adapters.files import AUDIT, read_header
 from lowbudget.adapters.formats import embedding_problems, lora_problems, read_embedding, read_lora, triggers
 from lowbudget.adapters.load import is_lora_file
 from lowbudget.errors import AdapterError, SignatureError
@@ -135,12 +135,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  targets           {', '.join(report['targets'])}" + ("; text encoder too" if report["text_encoder"] else ""))
     for key, value in report["metadata"].items():
         lines.append(f"  {key:<17} {value}")
-    sig = report.get("signature", {"signed": False})
-    if sig["signed"]:
-        check = {True: "verified", False: f"NOT VERIFIED: {sig.get('reason')}"}.get(sig.get("verified"), "not checked (--trust DIR)")
-        lines.append(f"  signed by         {sig['signer']} (key {sig['key_id']}), {check}")
-    else:
-        lines.append("  signed by         nobody (unsigned)")
+    lines.append(f"  signed by         {_signature_line(report.get('signature', {'signed': False}))}")
     if "audit" in report:
         a = report["audit"]
         lines.append(f"  release check     {a['flagged_fraction']:.1%} of {a['samples']} samples flagged as near-copies "
@@ -152,6 +147,14 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("  fits base         " + ("yes" if fit["ok"] else f"NO: {fit['reason']}"))
         lines += [f"  warning           {w}" for w in fit.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _signature_line(sig: dict[str, Any]) -> str:
+    if not sig["signed"]:
+        return "nobody (unsigned)"
+    checked = {True: "verified", False: f"NOT VERIFIED: {sig.get('reason')}"}.get(sig.get("verified"),
+                                                                                  "not checked (--trust DIR)")
+    return f"{sig['signer']} (key {sig['key_id']}), {checked}"
 
 
 def to_json(reports: list[dict[str, Any]]) -> str:

@@ -18,8 +18,8 @@ from typing import Any, Callable
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
 from lowbudget.adapters.files import LORA_WEIGHT_NAME
 from lowbudget.adapters.formats import read_embedding, read_lora
-from lowbudget.errors import AdapterError, SignatureError, quote
-from lowbudget.sharing.signing import read_signature, verify_file
+from lowbudget.errors import AdapterError, quote
+from lowbudget.sharing.signing import check_signature
 
 
 def is_lora_file(path: Path) -> bool:
@@ -60,21 +60,6 @@ def load_adapter(pipe: Any, path: str | Path, *, token: str | None = None, trust
         warn(message)
     pipe.load_textual_inversion({emb.token: vectors}, token=emb.token)
     return emb.token
-
-
-def check_signature(path: Path, trust: str | Path | None, required: bool) -> str | None:
-    """Verify ``path`` as the options ask; return a note for the user, or raise SignatureError."""
-    if required and trust is None:
-        raise SignatureError("--require-signature needs --trust DIR, the folder of public keys you trust")
-    signed = read_signature(path) if path.suffix == ".safetensors" else None
-    if signed is None:
-        if required:
-            raise SignatureError(f"'{path}' is not signed and a signature is required")
-        return f"'{path.name}' is not signed: nothing shows who made it or whether it was changed"
-    if trust is None:
-        return f"'{path.name}' says it is signed by '{signed.signer}' (key {signed.key_id}); not checked: give --trust DIR"
-    verified = verify_file(path, trust)
-    return f"'{path.name}': signature by '{verified.signer}' (key {verified.key_id}) verified"
 
 
 def _load_lora(pipe: Any, path: Path, base_name: str, warn: Callable[[str], None]) -> str:

@@ -54,8 +54,7 @@ def parse_weights(text: str) -> list[float]:
     return values
 
 
-def overwrite_option() -> bool:
-    return typer.Option(False, "--overwrite", help="Write even where the output holds files lowbudget did not write.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Write even where the output holds files lowbudget did not write.")
 
 
 def info(message: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lowbudget.cli.app import app, info, overwrite_option, quiet_libraries
+from lowbudget.cli.app import OVERWRITE, app, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -20,7 +20,7 @@ def phantoms(
     prevalence: float = typer.Option(0.0, "--prevalence", help="Chance of each other finding per image."),
     size: int = typer.Option(64, "--size", help="Image size in pixels."),
     fmt: str = typer.Option("png", "--format", help="png | png16 | dicom | mixed (cycles png, png16, dicom)."),
-    seed: int = typer.Option(0, "--seed"), overwrite: bool = overwrite_option(),
+    seed: int = typer.Option(0, "--seed"), overwrite: bool = OVERWRITE,
 ) -> None:
     """Write phantom images with metadata.jsonl captions (never naming a finding) and labels.csv."""
     from lowbudget.io import output_folder
@@ -40,7 +40,7 @@ def report(
     output: Path = typer.Option(Path("runs/report"), "--output", "-o", help="Folder for report.md and PNGs."),
     library: Path = typer.Option(Path("embeddings"), "--library", help="Shared embeddings to combine with."),
     n: int = typer.Option(16, "-n", help="Images per prompt for the fidelity figure."),
-    steps: int = typer.Option(25, "--steps", help="Sampler steps."), overwrite: bool = overwrite_option(),
+    steps: int = typer.Option(25, "--steps", help="Sampler steps."), overwrite: bool = OVERWRITE,
 ) -> None:
     """Report on a phantom token: before/after grids, fidelity, interpolation, combination, inpainting."""
     from lowbudget.io import output_folder
@@ -61,7 +61,7 @@ def report(
 def pretrain_base(
     output: Path = typer.Option(Path("runs/phantom-base"), "--output", "-o", help="Run folder (resumes if it has a checkpoint)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a pretraining setting: --set unet_steps=2000 (repeatable)."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Pretrain the phantom base model from scratch (about an hour on 2 CPU cores)."""
     from lowbudget.io import output_folder
@@ -95,7 +95,7 @@ def benchmark(
     sections: str = typer.Option("all", "--sections", help="Comma-separated: detectors,base,fidelity,sweep,downstream,diversity,methods,compose."),
     findings: str = typer.Option("", "--findings", help="Comma-separated findings (default: all; quick: effusion); "
                                  "the first is the one sweep, downstream, diversity and methods study."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """The paper in miniature on the phantom world: fidelity, sweep, downstream, diversity, methods."""
     from dataclasses import replace

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lowbudget.cli.app import app, info, overwrite_option, parse_seeds, parse_weights, quiet_libraries
+from lowbudget.cli.app import OVERWRITE, app, info, parse_seeds, parse_weights, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -38,7 +38,7 @@ def generate(
     fmt: str = typer.Option("png", "--format", help="png | dicom (Secondary Capture marked synthetic)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per U-Net call."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE, overwrite: bool = overwrite_option(),
+    size: Optional[int] = _SIZE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate images; each PNG carries the parameters that regenerate it."""
     from lowbudget.io import output_folder
@@ -79,7 +79,7 @@ def compose(
     seeds: str = _SEEDS,
     output: Path = typer.Option(Path("runs/compose.png"), "--output", "-o", help="Output PNG (strip or grid)."),
     steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE, overwrite: bool = overwrite_option(),
+    size: Optional[int] = _SIZE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Interpolate between two components (a strip) or combine several (a grid)."""
     from lowbudget.io import output_file
@@ -118,7 +118,7 @@ def inpaint(
     seed: int = typer.Option(0, "--seed"),
     output: Path = typer.Option(Path("runs/inpainted.png"), "--output", "-o"),
     steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE, overwrite: bool = overwrite_option(),
+    size: Optional[int] = _SIZE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Inpaint a finding into a region of an image (any base; SD inpainting checkpoints natively)."""
     from lowbudget.io import output_file

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lowbudget.cli.app import app, info, keys_app, library_app, overwrite_option, quiet_libraries
+from lowbudget.cli.app import OVERWRITE, app, info, keys_app, library_app, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 _TRUST = typer.Option(None, "--trust", help="Folder of trusted public keys (<site>.pub).")
@@ -31,7 +31,7 @@ def sign(
     file: Path = typer.Argument(..., help="Adapter .safetensors file (an embedding, or a LoRA's weights file)."),
     key: Path = typer.Option(..., "--key", help="Your private key (<site>.key from `lowbudget keys new`)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the signed file here (default: in place)."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Sign an adapter file: the signature in its header covers every tensor and metadata field."""
     from lowbudget.adapters.files import read_header
@@ -71,7 +71,7 @@ def share(
     samples: int = typer.Option(64, "--samples", help="Images sampled for the audit."),
     threshold: float = typer.Option(0.05, "--threshold", help="Largest fraction of near-copies that is released."),
     steps: int = typer.Option(25, "--steps", help="Sampler steps per image."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Release check: sample, audit against the training images, and sign only what passes."""
     from lowbudget.models import load_base
@@ -91,11 +91,14 @@ def library_add(
     library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
     base: str = typer.Option("embedded", "--base", help="The base it was trained on ('embedded' or a model name/path)."),
     description: str = typer.Option("", "--description", help="One line (default: the file's own)."),
+    trust: Optional[Path] = _TRUST,
+    require_signature: bool = typer.Option(False, "--require-signature", help="Refuse a file not signed by a key in --trust."),
 ) -> None:
     """Copy an embedding into the library and add it to index.json."""
     from lowbudget.sharing.library import add_to_library
 
-    entry = add_to_library(library, file, base=base, description=description)
+    entry = add_to_library(library, file, base=base, description=description, trust=trust,
+                           require_signature=require_signature, log=info)
     signer = f", signed by '{entry.signer}'" if entry.signer else ", unsigned"
     info(f"added {entry.file} ({entry.token}, {entry.n_vectors} vectors, sha256 {entry.sha256[:12]}{signer})")
 
@@ -123,7 +126,7 @@ def library_publish(
     library: Path = typer.Argument(..., help="Library folder to publish."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to serve (index.json, adapters, keys/)."),
     keys: Optional[Path] = typer.Option(None, "--keys", help="Folder with the signers' <site>.pub; every entry must verify."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Lay out a library as static files any web server can host."""
     from lowbudget.sharing.remote import publish

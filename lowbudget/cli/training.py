@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lowbudget.cli.app import app, info, overwrite_option, quiet_libraries
+from lowbudget.cli.app import OVERWRITE, app, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -21,7 +21,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override any recipe value: --set optim.lr_ti=0.01 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Train a textual-inversion embedding, a LoRA, or both, as the recipe says."""
     from lowbudget.recipe import load_recipe, parse_override
@@ -70,7 +70,7 @@ def convert(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: beside FILE)."),
     token: Optional[str] = typer.Option(None, "--token", help="Token name to store (default: the file's own)."),
     width: Optional[int] = typer.Option(None, "--width", help="SDXL files: keep the part of this width (768 or 1280)."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI.
 

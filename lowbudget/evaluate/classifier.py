@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowbudget import checks
 from lowbudget.errors import DataError
 from lowbudget.evaluate.images import LabelledImages, load_image
 from lowbudget.evaluate.networks import ResNet18
@@ -34,6 +35,15 @@ class ClassifierConfig:
     test_fraction: float = 0.2  # of the real images, when no test folder is given
     hflip: bool = False  # off by default: laterality is a finding in radiographs
     init: str | None = None  # optional .safetensors weights to start from
+
+    def __post_init__(self) -> None:
+        checks.within("--size", self.size, 16, checks.MAX_IMAGE_SIZE)  # ResNet-18 halves the size 5 times
+        for name in ("steps", "batch_size", "eval_every", "width"):
+            checks.at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        checks.finite("lr", self.lr)
+        checks.seeds("--seeds", list(self.seeds))
+        for name in ("val_fraction", "test_fraction"):
+            checks.within(name, getattr(self, name), 0.0, 0.9)
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowbudget import checks
 from lowbudget.errors import DataError, quote
 from lowbudget.evaluate.images import list_images, load_image
 
@@ -113,6 +114,7 @@ def prompt_groups(paths: list[Path]) -> list[list[Path]] | None:
 def diversity(generated: str | Path, real: str | Path | None = None, *, size: int = 256,
               seed: int = 0, max_groups: int = 100, progress: bool = False) -> dict[str, Any]:
     """Within-prompt MS-SSIM of ``generated`` and, for reference, of random groups of ``real``."""
+    checks.within("--size", size, 16, checks.MAX_IMAGE_SIZE)  # MS-SSIM needs one 11-pixel window
     paths = list_images(generated)
     groups = prompt_groups(paths)
     grouping = "prompt"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowbudget import checks
 from lowbudget.errors import DataError
 from lowbudget.evaluate.images import iter_batches, list_images
 
@@ -63,6 +64,8 @@ def _nearest(queries: torch.Tensor, keys: torch.Tensor, space: str, *, skip_self
 def memorisation(generated: str | Path, training: str | Path, *, extractor=None, size: int = 64,
                  percentile: float = 1.0, batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
     """Nearest-neighbour distances generated->training vs real->real, and the flagged near-copies."""
+    checks.within("--percentile", percentile, 0.0, 100.0)
+    checks.within("size", size, 8, checks.MAX_IMAGE_SIZE)
     train_paths, gen_paths = list_images(training), list_images(generated)
     if len(train_paths) < 2:
         raise DataError(f"'{training}' needs at least 2 training images for the real-vs-real reference")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbudget import checks
 from lowbudget.errors import DataError, LowbudgetError
 from lowbudget.evaluate.images import iter_batches, list_images
 
@@ -47,6 +48,7 @@ class FeatureExtractor(nn.Module):
 
 
 def load_extractor(path: str | Path | None, *, architecture: str | None = None, input_size: int = 299) -> FeatureExtractor:
+    checks.within("--input-size", input_size, 16, checks.MAX_IMAGE_SIZE)
     if path is None:
         raise LowbudgetError(f"realism needs a feature extractor; {HOW_TO_SUPPLY}")
     path = Path(path)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lowbudget import checks
 from lowbudget.io import atomic_write, atomic_write_text
 
 PACKED_FORMAT = "lowbudget-phantom-base"
@@ -55,6 +56,17 @@ class PretrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks.image_size("--set size", self.size)
+        for name in ("n_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "checkpoint_every"):
+            checks.at_least(f"--set {name}", getattr(self, name), 1)
+        for name in ("vae_lr", "unet_lr", "text_lr", "kl_weight", "snr_gamma"):
+            checks.at_least(f"--set {name}", getattr(self, name), 0.0)
+        for name in ("chest_fraction", "prevalence", "caption_dropout", "ema_decay"):
+            checks.within(f"--set {name}", getattr(self, name), 0.0, 1.0)
+        checks.at_least("--set warmup", self.warmup, 0)
+        checks.seed("--set seed", self.seed)
 
 
 def pretrain(output: Path, cfg: PretrainConfig, *, log=print) -> Path:

@@ -43,7 +43,7 @@ def interpolation(pipe, a: str, b: str, *, steps: int, method: str, template: st
     if method not in METHODS:
         raise LowbudgetError(f"--method {method!r} is not known; expected one of {', '.join(METHODS)}")
     if steps < 2:
-        raise LowbudgetError(f"--steps {steps}: an interpolation needs at least 2 weights")
+        raise LowbudgetError(f"--weight-steps {steps}: an interpolation needs at least 2 weights")
     weights = interpolation_weights(steps)
     columns, prompts = [], []
     for w in weights:

@@ -12,13 +12,14 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 from lowbudget.adapters.compat import check_embedding, check_not_a_word
 from lowbudget.adapters.formats import read_embedding
 from lowbudget.errors import AdapterError, SignatureError, quote
-from lowbudget.io import atomic_write, atomic_write_text, sha256_file
+from lowbudget.io import atomic_write, atomic_write_text, output_folder, sha256_file
 from lowbudget.models import load_base
-from lowbudget.sharing.signing import read_signature, verify_file
+from lowbudget.sharing.signing import check_signature, read_signature, verify_file
 
 INDEX = "index.json"
 EMBEDDED = "embedded"
@@ -65,12 +66,21 @@ def parse_index(data: bytes, where: str) -> list[LibraryEntry]:
     return entries
 
 
-def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED, description: str = "") -> LibraryEntry:
-    """Copy an embedding into the library and index it (an existing file is never replaced)."""
+def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED, description: str = "",
+                   trust: str | Path | None = None, require_signature: bool = False,
+                   log: Callable[[str], None] = print) -> LibraryEntry:
+    """Copy an embedding into the library and index it (an existing file is never replaced).
 
+    ``trust`` / ``require_signature`` check its signature first, as ``load_adapter`` does.
+    """
     folder, file = Path(folder), Path(file)
+    note = check_signature(file, trust, require_signature)
+    if note and (trust is not None or require_signature):
+        log(note)
     emb = read_embedding(file)
     check_not_a_word(emb)
+    if not (folder / INDEX).is_file():  # not a library yet: new, empty, or a folder lowbudget made
+        output_folder(folder, option="--library", command="library add")
     target = folder / file.name
     entries = read_index(folder)
     if target.exists() or any(e.file == file.name or e.token == emb.token for e in entries):

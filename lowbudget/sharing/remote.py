@@ -2,7 +2,7 @@
 
 ``publish`` writes ``index.json``, the adapter files and ``keys/<site>.pub`` (the public keys
 of the sites that signed them) into a folder; serve that folder with any web server. ``pull``
-reads the index, downloads every entry into a staging folder beside the local library, and
+reads the index, downloads every entry into a temporary staging folder, and
 checks each file (size, sha256 against the index, the signature against the local trust
 folder, the text width against the local base) before anything is moved in. Any failure
 leaves the local library exactly as it was. Keys published beside a library are never
@@ -24,7 +24,7 @@ from typing import Callable
 from lowbudget.adapters.compat import check_embedding
 from lowbudget.adapters.formats import read_embedding
 from lowbudget.errors import AdapterError, LowbudgetError
-from lowbudget.io import atomic_write, output_folder, sha256_file
+from lowbudget.io import atomic_write, check_output_folder, output_folder, sha256_file
 from lowbudget.models.base import BaseModel
 from lowbudget.sharing.keys import load_public_key
 from lowbudget.sharing.library import INDEX, parse_index, read_index, verify_library, write_index
@@ -76,8 +76,10 @@ def pull(source: str, into: str | Path, *, base: BaseModel, trust: str | Path | 
     local = {e.file: e for e in read_index(into)}
     result, incoming = PullResult(), []
     width = int(base.text_encoder.get_input_embeddings().embedding_dim)
-    into.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pull-", dir=into) as staging:
+    new_library = not (into / INDEX).is_file()
+    if new_library:  # not a library yet: new, empty, or a folder lowbudget made (made once all is checked)
+        check_output_folder(into, option="--into")
+    with tempfile.TemporaryDirectory(prefix="lowbudget-pull-") as staging:
         for entry in remote:
             if entry.file in local and local[entry.file].sha256 == entry.sha256:
                 result.present.append(entry.file)
@@ -98,6 +100,8 @@ def pull(source: str, into: str | Path, *, base: BaseModel, trust: str | Path | 
                 continue
             check_embedding(emb, base.tokenizer, base.text_encoder, base_name=base.name)
             incoming.append((path, entry))
+        if new_library:
+            output_folder(into, option="--into", command="library pull")
         for path, entry in incoming:  # every file checked: now move them in, then the index
             atomic_write(into / entry.file, lambda tmp, src=path: shutil.copyfile(src, tmp))
             result.added.append(entry.file)

@@ -89,6 +89,23 @@ def verify_file(path: str | Path, trust: str | Path) -> Signed:
     return Signed(keys[kid].site, kid, trusted=True)
 
 
+def check_signature(path: str | Path, trust: str | Path | None, required: bool) -> str | None:
+    """Verify ``path`` as the options ask; return a note for the user, or raise SignatureError."""
+    if required and trust is None:
+        raise SignatureError("--require-signature needs --trust DIR, the folder of public keys you trust")
+    if not Path(path).is_file():
+        return None  # the reader says what is missing
+    signed = read_signature(path) if Path(path).suffix == ".safetensors" else None
+    if signed is None:
+        if required:
+            raise SignatureError(f"'{path}' is not signed and a signature is required")
+        return f"'{Path(path).name}' is not signed: nothing shows who made it or whether it was changed"
+    if trust is None:
+        return f"'{Path(path).name}' says it is signed by '{signed.signer}' (key {signed.key_id}); not checked: give --trust DIR"
+    verified = verify_file(path, trust)
+    return f"'{Path(path).name}': signature by '{verified.signer}' (key {verified.key_id}) verified"
+
+
 def _safetensors(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
