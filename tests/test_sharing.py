@@ -325,3 +325,32 @@ def test_the_release_check_refuses_an_adapter_that_hands_back_training_images(mo
                        "--output", tmp_path / "refused", *fast)
     assert_one_line_error(code, err, r"not released: 50.0% of 8 samples are near-copies of training images \(threshold 5%\)")
     assert (tmp_path / "refused" / "memorisation.md").is_file() and not (tmp_path / "refused" / adapter.name).exists()
+
+
+@pytest.mark.slow
+def test_the_release_check_refuses_a_lora_trained_to_copy_its_training_images(tmp_path, sites):
+    """The real thing, on the embedded base (about 2 minutes on 2 CPU cores): a LoRA trained
+    600 steps on 8 phantoms hands them back and is refused; the same LoRA after 1 step is not."""
+    from lowbudget.phantoms import write_chest_phantoms
+    from lowbudget.recipe import (DataConfig, LoraConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig,
+                                  Recipe)
+    from lowbudget.sharing.release import ReleaseCheck, ReleaseRefused, share
+    from lowbudget.training import train
+
+    data = tmp_path / "eight"
+    write_chest_phantoms(data, n=8, size=64, seed=5)
+    outcomes = {}
+    for name, steps in (("fresh", 1), ("copy", 600)):
+        recipe = Recipe(data=DataConfig(path=str(data), resolution=64, captions="templates",
+                                        templates=["a frontal chest x-ray"]),
+                        method=MethodConfig(kind="lora", lora=LoraConfig(rank=8, alpha=8, preset="attention")),
+                        optim=OptimConfig(max_steps=steps, batch_size=2, lr_lora=3e-3),
+                        output=OutputConfig(dir=str(tmp_path / name), checkpoint_every=0))
+        train(recipe, progress=False, log=lambda m: None)
+        try:
+            share(tmp_path / name, data, sites["a"], tmp_path / f"out-{name}", base=load_base(None),
+                  prompt="a frontal chest x-ray", check=ReleaseCheck(samples=16), log=lambda m: None)
+            outcomes[name] = "released"
+        except ReleaseRefused:
+            outcomes[name] = "refused"
+    assert outcomes == {"fresh": "released", "copy": "refused"}, outcomes

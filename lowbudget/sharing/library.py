@@ -63,6 +63,11 @@ def parse_index(data: bytes, where: str) -> list[LibraryEntry]:
                 raise AdapterError(f"'{where}': entry {entry.file!r} has {f.name} = {value!r}; expected {f.type}")
         if Path(entry.file).name != entry.file or entry.file in ("", ".", ".."):
             raise AdapterError(f"'{where}': entry file {entry.file!r} must be a file name inside the library, not a path")
+    for field_name in ("file", "token"):
+        names = [getattr(e, field_name) for e in entries]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise AdapterError(f"'{where}' lists the {field_name} {twice!r} more than once")
     return entries
 
 

@@ -108,6 +108,8 @@ def pull(source: str, into: str | Path, *, base: BaseModel, trust: str | Path | 
     write_index(into, list(local.values()) + [e for _, e in incoming])
     for reason in result.skipped:
         log(f"skipped {reason}")
+    if trust is None and result.added:
+        log("note: pulled without --trust, so no signature was checked (sha256 against the index only)")
     return result
 
 
