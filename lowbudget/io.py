@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -95,17 +96,13 @@ def write_failure(exc: BaseException, folder: Path) -> str | None:
 def remove_stale_temporaries(final: Path) -> list[Path]:
     """Remove ``.<name>.<pid>.*.tmp`` files beside ``final`` whose writing process is gone."""
     removed = []
-    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         pid = tmp.name[len(final.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _process_alive(pid: int) -> bool:
