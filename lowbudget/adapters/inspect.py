@@ -38,8 +38,9 @@ def describe(path: str | Path, base: Any = None, trust: str | Path | None = None
     else:
         report |= _describe_embedding(path, base)
     report["signature"] = _signature(path, trust)
-    if path.suffix == ".safetensors" and read_header(path).get(AUDIT):
-        report["audit"] = json.loads(read_header(path)[AUDIT])
+    audit = read_header(path).get(AUDIT) if path.suffix == ".safetensors" else None
+    if audit:
+        report["audit"] = json.loads(audit)
     return report
 
 
