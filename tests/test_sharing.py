@@ -354,3 +354,16 @@ def test_the_release_check_refuses_a_lora_trained_to_copy_its_training_images(tm
         except ReleaseRefused:
             outcomes[name] = "refused"
     assert outcomes == {"fresh": "released", "copy": "refused"}, outcomes
+
+
+def test_a_signed_lora_loads_unchanged_in_plain_diffusers(tmp_path, tiny_base, mixed_folder, sites):
+    from conftest import tiny_recipe
+    from lowbudget.adapters.files import LORA_WEIGHT_NAME
+    from lowbudget.training import train
+
+    train(tiny_recipe(mixed_folder, tmp_path / "run", tiny_base, "lora", steps=1), progress=False, log=lambda m: None)
+    sign_file(tmp_path / "run" / LORA_WEIGHT_NAME, sites["a"])
+    pipe = load_base(tiny_base).pipeline()
+    pipe.load_lora_weights(str(tmp_path / "run"), weight_name=LORA_WEIGHT_NAME, adapter_name="signed")  # diffusers' own
+    assert pipe.unet.active_adapters() == ["signed"]
+    assert verify_file(tmp_path / "run" / LORA_WEIGHT_NAME, sites["trust"]).signer == "hospital-a"
