@@ -22,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from safetensors.torch import load_file, save_file
-
 from lowbudget import checks
 from lowbudget.adapters.files import AUDIT, LORA_WEIGHT_NAME, read_header
 from lowbudget.adapters.load import load_adapter
 from lowbudget.errors import LowbudgetError
 from lowbudget.evaluate.memorisation import memorisation
 from lowbudget.evaluate.report import write_report
-from lowbudget.io import atomic_path, output_folder
+from lowbudget.io import output_folder
 from lowbudget.models.base import BaseModel
 from lowbudget.sampling.outputs import record, save_png
 from lowbudget.sampling.sampler import SampleRequest, sample
@@ -85,8 +83,7 @@ def share(adapter: str | Path, training: str | Path, key: str | Path, output: st
         raise ReleaseRefused(f"not released: {result['flagged_fraction']:.1%} of {check.samples} samples are near-copies "
                              f"of training images (threshold {check.threshold:.0%}); see {output / 'memorisation.md'}")
     released = output / file.name
-    _with_audit(file, released, audit)
-    sign_file(released, key)
+    sign_file(file, key, released, add={AUDIT: json.dumps(audit, sort_keys=True)})  # one write: audit and signature
     return audit | {"file": str(released)}
 
 
@@ -100,11 +97,4 @@ def _default_prompt(file: Path, name: str) -> str:
     if token:
         return token
     raise LowbudgetError(f"'{file}' is a LoRA whose recipe names no caption template; give --prompt")
-
-
-def _with_audit(source: Path, target: Path, audit: dict[str, Any]) -> None:
-    metadata = read_header(source) | {AUDIT: json.dumps(audit, sort_keys=True)}
-    tensors = load_file(str(source))
-    with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
 

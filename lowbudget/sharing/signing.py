@@ -49,14 +49,16 @@ def read_signature(path: str | Path) -> Signed | None:
     return Signed(metadata.get(SIGNER, "?"), metadata.get(KEY_ID, "?"), trusted=False)
 
 
-def sign_file(path: str | Path, key_path: str | Path, output: str | Path | None = None) -> Signed:
-    """Sign ``path`` with the key at ``key_path``; write the signed file to ``output`` (default: in place)."""
+def sign_file(path: str | Path, key_path: str | Path, output: str | Path | None = None, *,
+              add: dict[str, str] | None = None) -> Signed:
+    """Sign ``path`` with the key at ``key_path``; write the signed file to ``output`` (default:
+    in place). ``add`` puts more header entries in first, under the same signature."""
     path = _safetensors(path)
     site, key = load_private_key(key_path)
     metadata, _ = _header(path)
     tensors = load_file(str(path))  # the same bytes save_file writes back
     metadata = {k: v for k, v in metadata.items() if k not in (SIGNER, KEY_ID, SIGNATURE)}
-    metadata |= {SIGNER: site, KEY_ID: key_id(key.public_key())}
+    metadata |= (add or {}) | {SIGNER: site, KEY_ID: key_id(key.public_key())}
     target = Path(output) if output is not None else path
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)  # first unsigned, to read back what lies on disk
