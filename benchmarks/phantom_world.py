@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowbudget.phantoms.benchmark import SECTIONS, BenchmarkConfig, run_benchmark
+from lowbudget.bench.benchmark import SECTIONS, BenchmarkConfig, run_benchmark
 
 
 def main() -> None:

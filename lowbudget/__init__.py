@@ -1,23 +1,26 @@
 """lowbudget: adapt pretrained Stable Diffusion to medical imaging on a budget.
 
-The package is organised by what a user does with it:
+The package, in layers; a module imports only from its own package and the layers above it
+in this list (checked by ``tests/test_architecture.py``):
 
-- ``recipe``      typed training recipes loaded from TOML
+- ``errors``, ``checks``, ``stats``, ``io``, ``viz``, ``recipe``, ``version``
+                  exceptions, value checks, rank statistics, atomic writes and the rule for
+                  outputs, image grids, typed training recipes loaded from TOML
+- ``models``      base models from local paths, the CLIP tokenizer, tiny and embedded models
 - ``data``        image ingest (PNG/JPEG/TIFF, DICOM, NIfTI) and captions
-- ``models``      base models from local paths, the CLIP tokenizer, tiny models
-- ``adapters``    textual inversion, LoRA, and their files
-- ``training``    the one training loop, checkpoints, latent cache, feedback
-- ``sampling``    the one sampling loop: generate, compose, inpaint
+- ``adapters``    textual inversion, LoRA, their files, keys and signatures
 - ``evaluate``    diversity, realism, downstream classifier, memorisation audit
-- ``sharing``     the adapter library, keys and signatures, the release check, libraries over HTTP
-- ``phantoms``    the phantom world: generators, detectors, the benchmark
-- ``io``, ``checks``, ``errors``  atomic writes and the rule for outputs, value checks, exceptions
-- ``cli``         the Typer command line (the only module that imports Typer)
+- ``phantoms``    the phantom world beside the product: generators, detectors, a data source
+- ``sampling``    the one sampling loop: generate, compose, inpaint
+- ``training``    the one training loop, checkpoints, latent cache, feedback
+- ``sharing``     the adapter library, the release check, libraries over HTTP
+- ``bench``       the proving ground: fidelity, the benchmark, compose checks, the demo
+                  report, pretraining the embedded base
+- ``cli``         the Typer command line (the only package that imports Typer)
 """
 
-__version__ = "0.1.0"
-
 from lowbudget.errors import LowbudgetError
+from lowbudget.version import __version__
 
 
 def load_adapter(pipe, path, **kwargs):

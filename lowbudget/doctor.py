@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from packaging.requirements import Requirement
 
-from lowbudget import load_adapter
+from lowbudget.adapters.load import load_adapter
 from lowbudget.adapters.files import Provenance, save_embedding
 from lowbudget.adapters.lora import attach_lora
 from lowbudget.errors import quote

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
-from lowbudget import __version__
+from lowbudget.version import __version__
 from lowbudget.errors import OutputError, quote
 
 MARKER = ".lowbudget-output"  # in every folder a command made; hidden, so data readers skip it

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from lowbudget import __version__
+from lowbudget.version import __version__
 from lowbudget.io import atomic_write
 
 

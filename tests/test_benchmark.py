@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lowbudget.phantoms.fidelity import Sampling, generate_gray, open_with, recognised_rate
+from lowbudget.bench.fidelity import Sampling, generate_gray, open_with, recognised_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / "embeddings"
@@ -29,7 +29,7 @@ def test_quick_benchmark_measures_fidelity_with_the_real_pipeline(tmp_path):
     """The quick benchmark end to end: train a token with lowbudget's loop, sample with its
     sampler, count detector hits -- and the issue's targets for effusion: >= 0.80 of images
     with the token, <= 0.20 with its initializer word alone or the plain prompt."""
-    from lowbudget.phantoms.benchmark import BenchmarkConfig, run_benchmark
+    from lowbudget.bench.benchmark import BenchmarkConfig, run_benchmark
 
     report = run_benchmark(tmp_path, BenchmarkConfig.quick(), log=lambda s: None)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -58,7 +58,7 @@ def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     as the weight grows, both findings in >= 70% of combined images,
     the effusion inpainted into the box in >= 80%, and no pixel outside the feathered box
     changed."""
-    from lowbudget.phantoms.compose_check import (combination_check, inpainting_check, interpolation_check,
+    from lowbudget.bench.compose_check import (combination_check, inpainting_check, interpolation_check,
                                                   text_state_reference)
 
     interp = interpolation_check(shared_pipe, Sampling(), [0, 1, 2], weights=4)

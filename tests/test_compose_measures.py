@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from lowbudget.phantoms.compose_check import settle_step, spearman
+from lowbudget.bench.compose_check import settle_step
+from lowbudget.stats import spearman
 
 
 def test_spearman_matches_pearson_of_ranks_with_ties():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lowbudget.phantoms import detectors
-from lowbudget.phantoms.fidelity import INIT_WORDS
+from lowbudget.bench.fidelity import INIT_WORDS
 from lowbudget.phantoms.world import MODALITIES, generate, write_phantoms
 
 ALL_FINDINGS = [(m, f) for m, mod in MODALITIES.items() for f in mod.findings]
@@ -98,19 +98,19 @@ def test_write_phantoms_writes_images_captions_and_labels(tmp_path):
 
 
 def test_a_recipe_can_name_a_generator_instead_of_a_folder():
-    from lowbudget.data.dataset import load_training_images
+    from lowbudget.phantoms.source import phantom_image_set
     from lowbudget.errors import DataError, RecipeError
     from lowbudget.recipe import DataConfig
 
-    images = load_training_images(DataConfig(phantoms="chest/nodule", phantoms_n=6, resolution=32))
+    images = phantom_image_set(DataConfig(phantoms="chest/nodule", phantoms_n=6, resolution=32))
     assert len(images) == 6 and images.images[0].pixels.shape == (32, 32, 3)
     assert images.images[0].caption.startswith("a frontal chest x-ray")
-    templated = load_training_images(DataConfig(phantoms="chest/nodule", phantoms_n=6, resolution=32, captions="templates"))
+    templated = phantom_image_set(DataConfig(phantoms="chest/nodule", phantoms_n=6, resolution=32, captions="templates"))
     assert templated.caption_source == "templates" and all(im.caption is None for im in templated.images)
     with pytest.raises(RecipeError, match="expected 'MODALITY/FINDING'"):
         DataConfig(phantoms="chest")
     with pytest.raises(DataError, match="data.phantoms = 'chest/lesion'.*not known for chest"):
-        load_training_images(DataConfig(phantoms="chest/lesion"))
+        phantom_image_set(DataConfig(phantoms="chest/lesion"))
 
 
 def test_pretraining_runs_resumes_and_packs_a_loadable_base(tmp_path):
@@ -118,7 +118,8 @@ def test_pretraining_runs_resumes_and_packs_a_loadable_base(tmp_path):
     import torch
 
     from lowbudget.models import load_base
-    from lowbudget.phantoms.pretrain import PretrainConfig, pretrain, unpack_base
+    from lowbudget.bench.pretrain import PretrainConfig, pretrain
+    from lowbudget.models.packed import unpack_base
 
     cfg = PretrainConfig(n_images=12, vae_steps=2, unet_steps=2, vae_batch=4, unet_batch=4, warmup=1, checkpoint_every=1)
     packed = pretrain(tmp_path / "run", cfg, log=lambda s: None)

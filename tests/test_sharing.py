@@ -21,10 +21,10 @@ import lowbudget
 from lowbudget.adapters.files import Provenance, read_header, save_embedding
 from lowbudget.errors import LowbudgetError, SignatureError
 from lowbudget.models import load_base
-from lowbudget.sharing.keys import new_keys
+from lowbudget.adapters.keys import new_keys
 from lowbudget.sharing.library import add_to_library, read_index, verify_library
 from lowbudget.sharing.remote import PullError, publish, pull
-from lowbudget.sharing.signing import read_signature, sign_file, verify_file
+from lowbudget.adapters.signing import read_signature, sign_file, verify_file
 from test_cli import assert_one_line_error, run
 
 PROV = Provenance("tiny", "f" * 64, modality="chest phantom")

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from lowbudget import __version__
 from lowbudget.errors import AdapterError
 from lowbudget.io import atomic_write
+from lowbudget.version import __version__
 
 FORMAT_VERSION = "1"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
@@ -77,8 +79,6 @@ def token_file_name(token: str) -> str:
 def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, provenance: Provenance, *,
                    init: str = "", dtype: str = "fp32") -> Path:
     """Write ``{token: vectors (n, dim)}`` with provenance; atomic, 0644."""
-    from safetensors.torch import save_file
-
     if vectors.ndim != 2:
         raise AdapterError(f"embedding '{token}' must be (n_vectors, dim), got shape {tuple(vectors.shape)}")
     if not torch.isfinite(vectors).all():
@@ -95,8 +95,6 @@ def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, provenan
 
 def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], adapter_metadata: dict[str, Any],
               provenance: Provenance, *, dtype: str = "fp32") -> Path:
-    from safetensors.torch import save_file
-
     bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if bad:
         raise AdapterError(f"LoRA tensor {bad[0]} has NaN or infinite values; refusing to write {path}")
@@ -108,7 +106,5 @@ def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], adapter_metada
 
 
 def read_header(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as fh:
         return dict(fh.metadata() or {})

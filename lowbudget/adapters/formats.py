@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from lowbudget.adapters.files import trigger_word
 from lowbudget.adapters.pickles import load_pt, text_dict, text_field
 from lowbudget.errors import AdapterError, quote
 from lowbudget.io import atomic_write
+from lowbudget.models.base import describe_width
 
 WRITABLE = ("diffusers", "a1111", "kohya", "comfyui")
 SDXL_PARTS = {"clip_l": 768, "clip_g": 1280}
@@ -58,7 +61,6 @@ class EmbeddingFile:
         for tensor in self.parts.values():
             if width is not None and tensor.shape[-1] == width:
                 return tensor
-        from lowbudget.models.base import describe_width
 
         have = " and ".join(f"{k} {describe_width(int(v.shape[-1]))}" for k, v in self.parts.items())
         raise AdapterError(f"'{self.path}' holds {have}; none matches text width {width}")
@@ -153,8 +155,6 @@ _A1111_ENTRY = re.compile(r"(data/\d+)|version|data\.pkl")  # an entry's name be
 
 
 def _load_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
@@ -200,8 +200,6 @@ def _as_matrix(path: Path, tensor) -> torch.Tensor:
 
 def write_embedding(emb: EmbeddingFile, layout: str, path: str | Path) -> Path:
     """Write ``emb`` in ``layout``; SDXL files must first be reduced to one part."""
-    from safetensors.torch import save_file
-
     if layout not in WRITABLE:
         raise AdapterError(f"--to {layout!r} is not a known layout; expected one of {', '.join(WRITABLE)}")
     if len(emb.parts) != 1:

@@ -18,7 +18,7 @@ from lowbudget.adapters.formats import embedding_problems, lora_problems, read_e
 from lowbudget.adapters.load import is_lora_file
 from lowbudget.errors import AdapterError, SignatureError
 from lowbudget.io import sha256_file
-from lowbudget.sharing.signing import read_signature, verify_file
+from lowbudget.adapters.signing import read_signature, verify_file
 
 _BLOCK_LISTS = {"down_blocks", "up_blocks", "attentions", "transformer_blocks", "resnets", "layers",
                 "downsamplers", "upsamplers"}

@@ -15,16 +15,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from safetensors import safe_open
+
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
 from lowbudget.adapters.files import LORA_WEIGHT_NAME
 from lowbudget.adapters.formats import read_embedding, read_lora
+from lowbudget.adapters.signing import check_signature
 from lowbudget.errors import AdapterError, quote
-from lowbudget.sharing.signing import check_signature
 
 
 def is_lora_file(path: Path) -> bool:
-    from safetensors import safe_open
-
     if path.suffix != ".safetensors":
         return False
     try:

@@ -17,6 +17,8 @@ import importlib.metadata as metadata
 from typing import Any
 
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict
 
 from lowbudget.errors import AdapterError, quote
 from lowbudget.models.base import BaseModel
@@ -37,8 +39,6 @@ def unet_targets(cfg: LoraConfig) -> list[str]:
 
 def attach_lora(base: BaseModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
     """Add LoRA layers to ``base`` in place; return the new trainable parameters."""
-    from peft import LoraConfig as PeftLoraConfig
-
     def peft_config(targets: list[str]) -> PeftLoraConfig:
         return PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               init_lora_weights=True, target_modules=targets)
@@ -68,8 +68,6 @@ def lora_parameters(base: BaseModel) -> list[tuple[str, torch.nn.Parameter]]:
 
 def lora_state_dict(base: BaseModel) -> dict[str, torch.Tensor]:
     """LoRA tensors keyed as ``pipe.load_lora_weights`` reads them (``unet.`` / ``text_encoder.``)."""
-    from peft.utils import get_peft_model_state_dict
-
     tensors = {f"unet.{k}": v for k, v in get_peft_model_state_dict(base.unet).items()}
     if getattr(base.text_encoder, "peft_config", None):
         tensors.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(base.text_encoder).items()})

@@ -11,6 +11,10 @@ import typer
 
 from lowbudget.errors import LowbudgetError, one_line, os_error
 
+# transformers logs at import time (image processors without torchvision) and every command
+# imports it: its warnings mean nothing to our users. TRANSFORMERS_VERBOSITY=info shows them.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 app = typer.Typer(
     name="lowbudget",
     help="Adapt Stable Diffusion to medical imaging on a budget: train, share and use small adapters.",

@@ -44,8 +44,8 @@ def report(
 ) -> None:
     """Report on a phantom token: before/after grids, fidelity, interpolation, combination, inpainting."""
     from lowbudget.io import output_folder
-    from lowbudget.phantoms.fidelity import INIT_WORDS, Sampling
-    from lowbudget.phantoms.report import demo_report
+    from lowbudget.bench.fidelity import INIT_WORDS, Sampling
+    from lowbudget.bench.demo import demo_report
 
     if finding not in INIT_WORDS:
         raise LowbudgetError(f"--finding {finding!r} is not a phantom finding; expected one of {', '.join(INIT_WORDS)}")
@@ -65,7 +65,7 @@ def pretrain_base(
 ) -> None:
     """Pretrain the phantom base model from scratch (about an hour on 2 CPU cores)."""
     from lowbudget.io import output_folder
-    from lowbudget.phantoms.pretrain import PretrainConfig, pretrain
+    from lowbudget.bench.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(**dict(_pretrain_override(o) for o in overrides))
     output_folder(output, overwrite=overwrite, command="pretrain-base")
@@ -76,7 +76,7 @@ def pretrain_base(
 def _pretrain_override(text: str) -> tuple[str, float]:
     from dataclasses import fields
 
-    from lowbudget.phantoms.pretrain import PretrainConfig
+    from lowbudget.bench.pretrain import PretrainConfig
 
     kinds = {f.name: f.type for f in fields(PretrainConfig)}
     key, _, value = text.partition("=")
@@ -101,7 +101,7 @@ def benchmark(
     from dataclasses import replace
 
     from lowbudget.io import output_folder
-    from lowbudget.phantoms.benchmark import BenchmarkConfig, run_benchmark
+    from lowbudget.bench.benchmark import BenchmarkConfig, run_benchmark
 
     output_folder(output, overwrite=overwrite, command="benchmark")
     cfg = BenchmarkConfig.quick() if quick else BenchmarkConfig()

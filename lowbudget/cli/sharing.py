@@ -19,7 +19,7 @@ def keys_new(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for <site>.key (private, 0600) and <site>.pub."),
 ) -> None:
     """Make an ed25519 key pair: keep <site>.key, hand <site>.pub to the sites you share with."""
-    from lowbudget.sharing.keys import load_public_key, new_keys
+    from lowbudget.adapters.keys import load_public_key, new_keys
 
     private, public = new_keys(site, output)
     info(f"wrote {private} (private: keep it, mode 0600) and {public} (public: share it); "
@@ -36,7 +36,7 @@ def sign(
     """Sign an adapter file: the signature in its header covers every tensor and metadata field."""
     from lowbudget.adapters.files import read_header
     from lowbudget.io import output_file
-    from lowbudget.sharing.signing import sign_file
+    from lowbudget.adapters.signing import sign_file
 
     if output is None and not overwrite and "lowbudget_format" not in read_header(file):
         raise LowbudgetError(f"'{file}' was not written by lowbudget, so it is not changed in place; "
@@ -53,7 +53,7 @@ def verify(
     trust: Path = typer.Option(..., "--trust", help="Folder of trusted public keys (<site>.pub)."),
 ) -> None:
     """Check that each file is signed by a trusted key and unchanged since."""
-    from lowbudget.sharing.signing import verify_file
+    from lowbudget.adapters.signing import verify_file
 
     for file in files:
         signed = verify_file(file, trust)

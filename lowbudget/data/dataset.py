@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from lowbudget.data.captions import METADATA_FILE, caption_for, resolve_caption_source
 from lowbudget.data.readers import ImageNote, UnreadableImage, image_kind, read_image_scaled
@@ -44,29 +45,6 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def load_training_images(cfg: DataConfig, *, warn: Callable[[str], None] = print) -> ImageSet:
-    """The recipe's images: its folder, else the phantoms its generator spec names."""
-    if cfg.path or not cfg.phantoms:
-        return load_image_folder(cfg, warn=warn)
-    return generate_image_set(cfg)
-
-
-def generate_image_set(cfg: DataConfig) -> ImageSet:
-    """Phantoms drawn in memory from ``data.phantoms`` ('chest/effusion'), with their captions."""
-    from lowbudget.errors import LowbudgetError
-    from lowbudget.phantoms.world import generate
-
-    modality, finding = cfg.phantoms.split("/")
-    try:
-        phantoms = generate(modality, finding, n=cfg.phantoms_n, size=cfg.resolution, seed=cfg.phantoms_seed)
-    except LowbudgetError as exc:
-        raise DataError(f"data.phantoms = {cfg.phantoms!r}: {exc}") from None
-    own = cfg.captions != "templates"  # 'templates': ignore the phantoms' captions, as for a folder
-    images = [TrainingImage(path=Path(f"phantoms/{cfg.phantoms}/{i:04d}"), pixels=to_rgb(p.image),
-                            caption=p.caption if own else None) for i, p in enumerate(phantoms)]
-    return ImageSet(folder=Path(f"phantoms/{cfg.phantoms}"), images=images, caption_source="phantoms" if own else "templates")
 
 
 def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -> ImageSet:
@@ -138,8 +116,6 @@ def _candidate_files(folder: Path, exclude: Path | None) -> tuple[list[Path], li
 
 
 def _read_mask(mask_dir: Path, image_path: Path, cfg: DataConfig) -> np.ndarray:
-    from PIL import Image
-
     stem = image_path.name.split(".")[0]
     mask_path = mask_dir / f"{stem}.png"
     if not mask_path.is_file():
@@ -161,8 +137,6 @@ def fit_square(arr: np.ndarray, size: int, center_crop: bool = True) -> np.ndarr
     Works channel by channel in float ("F" mode), so 16-bit precision survives the resize.
     The channel layout is kept: (H, W) in, (size, size) out.
     """
-    from PIL import Image
-
     h, w = arr.shape[:2]
     if center_crop:
         scale = size / min(h, w)

@@ -12,7 +12,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from lowbudget.errors import quote
 from lowbudget.recipe import DataConfig
@@ -111,8 +116,6 @@ def normalise(arr: np.ndarray, cfg: DataConfig, dtype_max: float | None = None, 
 
 
 def _read_pil(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
-    from PIL import Image
-
     with Image.open(path) as img:
         img.load()
         mode = img.mode
@@ -135,9 +138,6 @@ def _read_pil(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
 
 
 def _read_dicom(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
     ds = pydicom.dcmread(str(path))
     if "PixelData" not in ds:
         raise UnreadableImage("DICOM file has no pixel data")
@@ -164,8 +164,6 @@ def _read_dicom(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
 
 
 def _palette_rgb(pixels: np.ndarray, ds) -> np.ndarray:
-    from pydicom.pixels import apply_color_lut
-
     descriptor = getattr(ds, "RedPaletteColorLookupTableDescriptor", None)
     if descriptor is None or "RedPaletteColorLookupTableData" not in ds:
         raise UnreadableImage("PALETTE COLOR without a colour lookup table: its values are table indices, not intensities")
@@ -174,8 +172,6 @@ def _palette_rgb(pixels: np.ndarray, ds) -> np.ndarray:
 
 
 def _first_value(value) -> float:
-    from pydicom.multival import MultiValue
-
     return float(value[0]) if isinstance(value, MultiValue) else float(value)
 
 
@@ -192,8 +188,6 @@ def _dicom_window(ds) -> tuple[float | None, float]:
 
 
 def _read_nifti(path: Path, cfg: DataConfig) -> tuple[np.ndarray, bool]:
-    import nibabel as nib
-
     volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
     if volume.ndim == 4:  # a time series / multi-echo: the first volume
         volume = volume[..., 0]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lowbudget.io import atomic_write
 
@@ -29,9 +31,6 @@ def write_dicom(path: Path, pixels: np.ndarray, *, comment: str = "", bits: int 
     ``monochrome1`` stores inverted values (bright = low), as many CR/DX films do, so that
     readers are exercised on the inversion they must undo.
     """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     values = np.clip(pixels, 0, 1)
     if monochrome1:
         values = 1.0 - values

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
-from lowbudget import checks
-from lowbudget.errors import DataError
+from lowbudget import checks, stats
 from lowbudget.evaluate.images import LabelledImages, load_image
 from lowbudget.evaluate.networks import ResNet18
 
@@ -47,32 +48,8 @@ class ClassifierConfig:
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC; for several classes the macro average of one-vs-rest AUCs.
-
-    Binary AUC is the Mann-Whitney statistic: the chance that a random positive scores above a
-    random negative, ties counting half. ``scores`` is (N,) or (N, K) class probabilities.
-    """
-    if scores.ndim == 2:
-        if scores.shape[1] == 2:
-            return auc(scores[:, 1], labels)
-        return sum(auc(scores[:, k], (labels == k).long()) for k in range(scores.shape[1])) / scores.shape[1]
-    ranks = _average_ranks(scores.double())
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise DataError("AUC needs both classes in the evaluation set")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(x)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    for value in torch.unique(x):  # ties share their mean rank
-        tied = x == value
-        if int(tied.sum()) > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
+    """ROC AUC of class probabilities (see :func:`lowbudget.stats.auc`)."""
+    return stats.auc(scores.double().numpy(), labels.numpy())
 
 
 def _tensors(images: LabelledImages, idx: list[int], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,14 +97,10 @@ def _scores(model: ResNet18, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
 def train_once(train_x: torch.Tensor, train_y: torch.Tensor, val: tuple, test: tuple, n_classes: int,
                cfg: ClassifierConfig, seed: int, progress: str | None = None) -> dict[str, float]:
     """One run: fixed step budget, keep the best-validation-AUC weights, report their test AUC."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = ResNet18(num_classes=n_classes, width=cfg.width)
     if cfg.init:
-        from safetensors.torch import load_file
-
         state = {k: v for k, v in load_file(cfg.init).items() if not k.startswith("fc.")}
         model.load_state_dict(state, strict=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
 
 from lowbudget import checks
 from lowbudget.errors import DataError, quote
@@ -76,8 +78,6 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def group_scores(groups: list[list[Path]], size: int, progress: str | None = None) -> list[float]:
     """Mean of the 6 pairwise MS-SSIM scores of each group of 4 (one group in memory at a time)."""
-    from tqdm.auto import tqdm
-
     scores = []
     for group in tqdm(groups, desc=progress, unit="group", disable=progress is None, leave=False):
         images = torch.stack([load_image(p, size, grayscale=True) for p in group])  # (4, 1, S, S)
@@ -89,8 +89,6 @@ def group_scores(groups: list[list[Path]], size: int, progress: str | None = Non
 
 def prompt_groups(paths: list[Path]) -> list[list[Path]] | None:
     """Groups by the prompt stored in each PNG (lowbudget's or A1111's text chunk), if all have one."""
-    from PIL import Image
-
     by_prompt: dict[str, list[Path]] = defaultdict(list)
     for path in paths:
         if path.suffix.lower() != ".png":

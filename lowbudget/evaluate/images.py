@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from lowbudget.data.dataset import fit_square, to_rgb
 from lowbudget.data.readers import UnreadableImage, image_kind, read_image
@@ -46,8 +47,6 @@ def load_image(path: Path, size: int, *, grayscale: bool = False) -> torch.Tenso
 def iter_batches(paths: list[Path], size: int, batch_size: int = 32, *, grayscale: bool = False,
                  progress: str | None = None) -> Iterator[tuple[torch.Tensor, list[Path]]]:
     """Yield (B, C, size, size) batches and their paths, optionally with a progress bar."""
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]

@@ -15,11 +15,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from lowbudget import checks
 from lowbudget.errors import DataError, LowbudgetError
 from lowbudget.evaluate.images import iter_batches, list_images
+from lowbudget.evaluate.networks import ResNet18
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HOW_TO_SUPPLY = ("give --extractor FILE: a TorchScript module (.pt/.ts, e.g. an InceptionV3 exported with "
@@ -64,10 +68,6 @@ def load_extractor(path: str | Path | None, *, architecture: str | None = None, 
 
 
 def _named_architecture(path: Path, architecture: str | None) -> nn.Module:
-    from safetensors.torch import load_file
-
-    from lowbudget.evaluate.networks import ResNet18
-
     if architecture != "resnet18":
         raise LowbudgetError(f"'{path}' holds bare weights; say which network with --architecture resnet18")
     state = load_file(str(path))
@@ -95,9 +95,6 @@ def realism(real: str | Path, generated: str | Path, extractor: FeatureExtractor
             batch_size: int = 32, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
             progress: bool = False) -> dict[str, Any]:
     """FID and KID of ``generated`` against ``real``; both folders are streamed once."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     real_paths, gen_paths = list_images(real), list_images(generated)
     subset = min(kid_subset_size, len(real_paths), len(gen_paths))
     if subset < 2:

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lowbudget.evaluate.images import load_image
 from lowbudget.io import atomic_write_text
-from lowbudget.viz import bar_chart, histogram_chart, image_grid, save_png
+from lowbudget.viz import bar_chart, histogram_chart, image_grid, save_png, to_pil
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
@@ -81,9 +82,6 @@ def _memorisation_rows(r):
 
 
 def _memorisation_charts(r, out):
-    from lowbudget.evaluate.images import load_image
-    from lowbudget.viz import to_pil
-
     written = []
     for space, (gen, ref) in r.get("_distributions", {}).items():
         chart = histogram_chart({"generated -> nearest training": gen.tolist(), "real -> nearest other real": ref.tolist()},

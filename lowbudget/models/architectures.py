@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
 from lowbudget.errors import ModelError
+from lowbudget.models.tokenizer import MAX_LENGTH, VOCAB_SIZE, clip_tokenizer
 
 _SD_SCHEDULER = {
     "num_train_timesteps": 1000,
@@ -179,12 +184,6 @@ def get_shape(name: str) -> Shape:
 
 def build_components(shape: Shape, *, seed: int = 0, text_width: int | None = None) -> dict[str, Any]:
     """Instantiate the components of ``shape`` with random weights (deterministic in ``seed``)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from lowbudget.models.tokenizer import MAX_LENGTH, VOCAB_SIZE, clip_tokenizer
-
     te_cfg = dict(shape.text_encoder)
     unet_cfg = dict(shape.unet)
     if text_width is not None:  # e.g. a tiny model with SD 2.x's text width
@@ -214,8 +213,6 @@ def write_base_folder(path: str | Path, shape: Shape | str = "tiny", *, seed: in
 
 def save_components(parts: dict[str, Any], path: str | Path) -> Path:
     """Save the five components as a diffusers ``StableDiffusionPipeline`` folder (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
-
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(path))
     return Path(path)

@@ -1,7 +1,7 @@
 """The embedded default base model: what every command uses when no ``--base`` is given.
 
 It is the phantom base -- Stable Diffusion's architecture at 64 px, pretrained by
-``lowbudget pretrain-base`` on phantoms whose captions never name a finding -- shipped inside
+``lowbudget phantom pretrain-base`` on phantoms whose captions never name a finding -- shipped inside
 the package as one fp16 safetensors file (``assets/phantom-base-v1.safetensors``). On first use
 it is expanded once into an fp32 diffusers folder in the user cache and loaded from there
 through the same code path as a user's own checkpoint.
@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+
+from lowbudget.errors import ModelError
+from lowbudget.io import sha256_file
+from lowbudget.models.packed import unpack_base
 
 EMBEDDED_NAME = "phantom-v1"
 PACKED = Path(__file__).resolve().parent.parent / "assets" / "phantom-base-v1.safetensors"
@@ -27,10 +31,6 @@ def cache_dir() -> Path:
 
 def embedded_base_path() -> Path:
     """Path of the embedded base's diffusers folder, expanding the packed weights on first use."""
-    from lowbudget.errors import ModelError
-    from lowbudget.io import sha256_file
-    from lowbudget.phantoms.pretrain import unpack_base
-
     if not PACKED.is_file():
         raise ModelError(f"the embedded base '{PACKED}' is missing from this installation; reinstall lowbudget")
     # The folder name carries the packed file's hash, so a new release never reuses a stale copy.

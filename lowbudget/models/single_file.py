@@ -11,8 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffusers import StableDiffusionPipeline
+from safetensors import safe_open
+
 from lowbudget.errors import ModelError, quote
+from lowbudget.models.architectures import get_shape
 from lowbudget.models.base import BaseModel
+from lowbudget.models.embedded import cache_dir
+from lowbudget.models.tokenizer import clip_tokenizer
 
 # Where the text width of each family lives in an original (LDM) checkpoint.
 _SD1_TOKEN_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
@@ -22,8 +28,6 @@ _UNET_PREFIX = "model.diffusion_model."
 
 def detect_family(path: Path) -> str:
     """'sd15' or 'sd21' from the tensor names and shapes, without loading the weights."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             keys = set(fh.keys())
@@ -47,8 +51,6 @@ def detect_family(path: Path) -> str:
 
 def config_folder(shape_name: str, root: Path) -> Path:
     """Write the diffusers config folder (no weights) that ``from_single_file`` reads."""
-    from lowbudget.models.architectures import get_shape
-    from lowbudget.models.tokenizer import clip_tokenizer
 
     shape = get_shape(shape_name)
     folder = root / shape_name
@@ -82,9 +84,6 @@ def config_folder(shape_name: str, root: Path) -> Path:
 
 
 def load_single_file(path: Path) -> BaseModel:
-    from diffusers import StableDiffusionPipeline
-
-    from lowbudget.models.embedded import cache_dir
 
     shape_name = detect_family(path)
     config = config_folder(shape_name, cache_dir() / "configs")
@@ -95,15 +94,5 @@ def load_single_file(path: Path) -> BaseModel:
         )
     except Exception as exc:
         raise ModelError(f"cannot load single-file checkpoint '{path}': {quote(exc)}") from exc
-    scheduler_config = dict(pipe.scheduler.config)
-    return BaseModel(
-        name=path.stem,
-        source=str(path),
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        vae=pipe.vae,
-        unet=pipe.unet,
-        scheduler_config=scheduler_config,
-        prediction_type=scheduler_config.get("prediction_type", "epsilon"),
-        extras={"vocab_size": pipe.text_encoder.get_input_embeddings().num_embeddings},
-    )
+    return BaseModel.from_parts(path.stem, str(path), tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                vae=pipe.vae, unet=pipe.unet, scheduler_config=dict(pipe.scheduler.config))

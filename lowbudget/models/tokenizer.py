@@ -12,6 +12,8 @@ import gzip
 from functools import lru_cache
 from importlib import resources
 
+from transformers import CLIPTokenizer
+
 # CLIP keeps the first 49152 - 256 - 2 merges of the file; the remaining lines are unused.
 _N_MERGES = 49152 - 256 - 2
 VOCAB_SIZE = 49408
@@ -51,8 +53,6 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     """A ``CLIPTokenizer`` identical to SD 1.x's (SD 2.x pads with ``"!"``)."""
-    from transformers import CLIPTokenizer
-
     vocab, merges = clip_vocab_and_merges()
     tokenizer = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad_token)
     tokenizer.model_max_length = MAX_LENGTH

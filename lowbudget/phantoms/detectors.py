@@ -23,6 +23,8 @@ import numpy as np
 
 from lowbudget.phantoms import chest, prostate
 from lowbudget.phantoms.texture import blur, grid
+from lowbudget.phantoms.world import MODALITIES, generate
+from lowbudget.stats import auc
 
 Detector = Callable[[np.ndarray], float]
 
@@ -129,8 +131,6 @@ def score(modality: str, finding: str, images: list[np.ndarray] | np.ndarray) ->
 
 
 def _calibration_sets(modality: str, finding: str, size: int, n: int, seed: int, prevalence: float):
-    from lowbudget.phantoms.world import generate
-
     pos = generate(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)
     neg = [p for p in generate(modality, "none", n=n, size=size, seed=seed + 1, prevalence=prevalence)
            if not p.labels[finding]]
@@ -154,13 +154,9 @@ def threshold(modality: str, finding: str, size: int = 64, n: int = 200, seed: i
 def detector_auc(modality: str, finding: str, size: int = 64, n: int = 200, seed: int = 2000,
                  prevalence: float = 0.1) -> float:
     """AUC of the detector on held-out phantoms: positives show the finding, negatives do not."""
-    import torch
-
-    from lowbudget.evaluate.classifier import auc
-
     pos, neg = _calibration_sets(modality, finding, size, n, seed, prevalence)
     labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    return auc(torch.tensor(np.r_[pos, neg]), torch.tensor(labels))
+    return auc(np.r_[pos, neg], labels)
 
 
 def flagged(modality: str, finding: str, images: list[np.ndarray] | np.ndarray, size: int | None = None) -> np.ndarray:
@@ -172,8 +168,6 @@ def flagged(modality: str, finding: str, images: list[np.ndarray] | np.ndarray, 
 
 @lru_cache(maxsize=None)
 def _templates(size: int) -> dict[str, np.ndarray]:
-    from lowbudget.phantoms.world import MODALITIES, generate
-
     return {m: np.mean([p.image for p in generate(m, n=32, size=size, seed=7, prevalence=0.1)], axis=0)
             for m in MODALITIES}
 

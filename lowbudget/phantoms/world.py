@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lowbudget import checks
+from lowbudget.data.writers import write_dicom, write_png
 from lowbudget.errors import LowbudgetError
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import chest, prostate
@@ -161,7 +162,6 @@ def _flat_labels(labels: Any) -> dict[str, Any]:
 def write_phantoms(output: Path, modality: str = "chest", finding: str = "none", *, n: int, size: int = 64,
                    fmt: str = "png", seed: int = 0, prevalence: float = 0.0) -> list[Path]:
     """Write ``n`` images plus ``metadata.jsonl`` (captions) and ``labels.csv`` (ground truth)."""
-    from lowbudget.data.writers import write_dicom, write_png
 
     formats = {"png": ["png"], "png16": ["png16"], "dicom": ["dicom"], "mixed": ["png", "png16", "dicom"]}
     if fmt not in formats:

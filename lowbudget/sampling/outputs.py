@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin
 
-from lowbudget import __version__
-from lowbudget.io import atomic_write
+from lowbudget.adapters.files import LORA_WEIGHT_NAME
+from lowbudget.adapters.load import load_adapter
+from lowbudget.data.writers import write_dicom
+from lowbudget.errors import LowbudgetError
+from lowbudget.io import atomic_write, sha256_file
+from lowbudget.models import load_base
+from lowbudget.version import __version__
+from lowbudget.viz import image_grid, save_png as save_plain_png, to_pil as array_to_pil
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) tensor in [0, 1] -> 8-bit RGB."""
-    from lowbudget.viz import to_pil as array_to_pil
-
     return array_to_pil(image.permute(1, 2, 0).float().cpu().numpy())
 
 
@@ -55,8 +59,6 @@ def save_png(image: torch.Tensor | Image.Image, path: str | Path, rec: dict[str,
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    from lowbudget.errors import LowbudgetError
-
     with Image.open(path) as img:
         text = img.info.get("lowbudget")
     if text is None:
@@ -66,8 +68,6 @@ def read_record(path: str | Path) -> dict[str, Any]:
 
 def save_dicom(image: torch.Tensor, path: str | Path, rec: dict[str, Any], *, burn_in: bool = True) -> Path:
     """Grayscale Secondary Capture; 'SYNTHETIC' burned into a corner unless ``burn_in`` is False."""
-    from lowbudget.data.writers import write_dicom
-
     gray = image.float().mean(dim=0).cpu().numpy()  # (H, W)
     if burn_in:
         gray = _burn_label(gray, "SYNTHETIC")
@@ -76,8 +76,6 @@ def save_dicom(image: torch.Tensor, path: str | Path, rec: dict[str, Any], *, bu
 
 
 def _burn_label(gray: np.ndarray, text: str) -> np.ndarray:
-    from PIL import ImageDraw
-
     img = Image.fromarray((gray * 255).astype(np.uint8))
     ImageDraw.Draw(img).text((2, 2), text, fill=255)
     return np.asarray(img, dtype=np.float32) / 255
@@ -85,9 +83,6 @@ def _burn_label(gray: np.ndarray, text: str) -> np.ndarray:
 
 def save_grid(images: torch.Tensor, row_labels: list[str], path: str | Path) -> Path:
     """(rows, columns, 3, H, W) -> one captioned PNG."""
-    from lowbudget.viz import image_grid
-    from lowbudget.viz import save_png as save_plain_png
-
     return save_plain_png(image_grid([[to_pil(img) for img in row] for row in images], row_labels), path)
 
 
@@ -95,17 +90,12 @@ def open_pipeline(base: str | Path | None, adapters: list[Path], warn=print, *, 
                   require_signature: bool = False):
     """A diffusers pipeline on ``base`` with ``adapters`` loaded (signatures checked as
     ``lowbudget.load_adapter`` does), plus records of both for the PNGs."""
-    import lowbudget
-    from lowbudget.adapters.files import LORA_WEIGHT_NAME
-    from lowbudget.io import sha256_file
-    from lowbudget.models import load_base
-
     loaded = load_base(base)
     pipe = loaded.pipeline()
     pipe.set_progress_bar_config(disable=True)
     records = []
     for path in map(Path, adapters):
-        name = lowbudget.load_adapter(pipe, path, trust=trust, require_signature=require_signature, warn=warn)
+        name = load_adapter(pipe, path, trust=trust, require_signature=require_signature, warn=warn)
         file = path / LORA_WEIGHT_NAME if path.is_dir() else path
         records.append({"name": name, "file": file.name, "sha256": sha256_file(file)})
     return pipe, {"name": loaded.name, "fingerprint": loaded.fingerprint}, records

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lowbudget.adapters.textual_inversion import expand_tokens, loaded_vector_count
 from lowbudget.errors import LowbudgetError
 
 _WEIGHT = re.compile(r"(?:^|\s):\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
@@ -43,8 +44,6 @@ def format_prompt(parts: list[SubPrompt]) -> str:
 
 def expand_learned_tokens(pipe, text: str) -> str:
     """Expand multi-vector tokens the diffusers way ('<t>' -> '<t> <t>_1 ...')."""
-    from lowbudget.adapters.textual_inversion import expand_tokens, loaded_vector_count
-
     vocab = pipe.tokenizer.get_vocab()
     counts = {w: loaded_vector_count(vocab, w) for w in {t.strip(",.;:") for t in re.findall(r"\S+", text)}}
     return expand_tokens(text, {w: n for w, n in counts.items() if n > 1})

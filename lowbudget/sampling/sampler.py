@@ -21,6 +21,7 @@ import torch
 
 from lowbudget import checks
 from lowbudget.errors import LowbudgetError
+from lowbudget.models.base import vae_scale_factor
 from lowbudget.sampling.masks import feather, paste_back, to_latent_grid
 from lowbudget.sampling.prompts import SubPrompt, encode_texts, parse_prompt
 from lowbudget.sampling.schedulers import make_scheduler
@@ -85,7 +86,7 @@ Watch = Callable[[Step], None]
 
 
 def native_size(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * (2 ** (len(pipe.vae.config.block_out_channels) - 1))
+    return int(pipe.unet.config.sample_size) * vae_scale_factor(pipe.vae)
 
 
 @torch.no_grad()
@@ -109,7 +110,7 @@ def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Seque
     if req.steps > trained:
         raise LowbudgetError(f"--steps = {req.steps} is more than the {trained} timesteps this base's scheduler was trained on")
     size = req.size or native_size(pipe)
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(pipe.vae)
     if size % factor:
         raise LowbudgetError(f"--size = {size} must be a multiple of {factor} for this base (its VAE's scale factor)")
     for w in weights:
@@ -134,7 +135,7 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
     scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)  # fresh: multistep solvers keep state
     scheduler.set_timesteps(req.steps, device=device)
     timesteps = scheduler.timesteps
-    latent = size // (2 ** (len(pipe.vae.config.block_out_channels) - 1))
+    latent = size // vae_scale_factor(pipe.vae)
     shape = (4, latent, latent)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
     if known is not None and req.inpaint.strength < 1.0:  # start part-way, from the noised original

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import diffusers
+
 from lowbudget.errors import LowbudgetError
 
 SCHEDULERS = {
@@ -13,8 +15,6 @@ SCHEDULERS = {
 
 
 def make_scheduler(name: str, config: dict):
-    import diffusers
-
     if name not in SCHEDULERS:
         raise LowbudgetError(f"--scheduler {name!r} is not known; expected one of {', '.join(SCHEDULERS)}")
     cls = getattr(diffusers, SCHEDULERS[name])

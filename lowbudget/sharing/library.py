@@ -19,7 +19,7 @@ from lowbudget.adapters.formats import read_embedding
 from lowbudget.errors import AdapterError, SignatureError, quote
 from lowbudget.io import atomic_write, atomic_write_text, output_folder, sha256_file
 from lowbudget.models import load_base
-from lowbudget.sharing.signing import check_signature, read_signature, verify_file
+from lowbudget.adapters.signing import check_signature, read_signature, verify_file
 
 INDEX = "index.json"
 EMBEDDED = "embedded"

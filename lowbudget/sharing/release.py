@@ -32,7 +32,7 @@ from lowbudget.io import output_folder
 from lowbudget.models.base import BaseModel
 from lowbudget.sampling.outputs import record, save_png
 from lowbudget.sampling.sampler import SampleRequest, sample
-from lowbudget.sharing.signing import sign_file
+from lowbudget.adapters.signing import sign_file
 
 MIN_TRAINING = 8  # measured: 8 phantoms tell a copying LoRA from a fresh one; 2 do not
 

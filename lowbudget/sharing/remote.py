@@ -26,9 +26,9 @@ from lowbudget.adapters.formats import read_embedding
 from lowbudget.errors import AdapterError, LowbudgetError
 from lowbudget.io import atomic_write, check_output_folder, output_folder, sha256_file
 from lowbudget.models.base import BaseModel
-from lowbudget.sharing.keys import load_public_key
+from lowbudget.adapters.keys import load_public_key
 from lowbudget.sharing.library import INDEX, parse_index, read_index, verify_library, write_index
-from lowbudget.sharing.signing import verify_file
+from lowbudget.adapters.signing import verify_file
 
 KEYS = "keys"
 MAX_INDEX_BYTES = 16 * 1024 * 1024

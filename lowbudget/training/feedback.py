@@ -8,6 +8,8 @@ import torch
 
 from lowbudget.io import atomic_write_text
 from lowbudget.models.base import BaseModel
+from lowbudget.sampling.outputs import save_grid
+from lowbudget.sampling.sampler import SampleRequest, sample
 from lowbudget.viz import line_chart, save_png
 
 
@@ -17,9 +19,6 @@ def validation_grid(base: BaseModel, prompts: list[str], seeds: list[int], *, re
 
     Drawn by the project's own sampling loop, which expands learned multi-vector tokens itself.
     """
-    from lowbudget.sampling.outputs import save_grid
-    from lowbudget.sampling.sampler import SampleRequest, sample
-
     pipe = base.pipeline()
     modes = (base.unet.training, base.text_encoder.training)
     base.unet.eval(), base.text_encoder.eval()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from lowbudget.data.dataset import TrainingImage
 from lowbudget.io import atomic_write
@@ -51,8 +52,6 @@ def encode_images(vae, images: list[TrainingImage], *, device: torch.device, dty
     One image at a time by default: the VAE encoder's activations at 512 px are several
     hundred MB per image, and this is where a training run's peak memory would otherwise be.
     """
-    from safetensors.torch import load_file, save_file
-
     key = vae_key(vae) if cache_dir else ""
     resolution = images[0].pixels.shape[0]
     names = [_entry_name(key, resolution, im) for im in images] if cache_dir else [None] * len(images)

@@ -20,15 +20,20 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
 
 from lowbudget.adapters import files
 from lowbudget.adapters.lora import attach_lora, lora_adapter_metadata, lora_parameters, lora_state_dict
 from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
-from lowbudget.data.dataset import load_training_images
+from lowbudget.data.dataset import load_image_folder
 from lowbudget.errors import TrainingError
 from lowbudget.io import atomic_write_text, output_folder
-from lowbudget.models.base import BaseModel, load_base
+from lowbudget.models import BaseModel, load_base
 from lowbudget.models.embedded import cache_dir
+from lowbudget.phantoms.source import phantom_image_set
 from lowbudget.recipe import Recipe
 from lowbudget.training import checkpoint
 from lowbudget.training.feedback import validation_grid, write_loss_curve
@@ -67,7 +72,7 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
     data, method, optim = recipe.data, recipe.method, recipe.optim
 
     # --- data first: a broken folder fails in seconds, before any model loads
-    images = load_training_images(data, warn=log)
+    images = phantom_image_set(data) if data.phantoms and not data.path else load_image_folder(data, warn=log)
     log(f"data: {len(images)} image(s) from {images.folder} ({images.caption_source} captions, "
         f"{len(images.skipped)} skipped)")
 
@@ -226,10 +231,6 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
 
 
 def _accelerator(precision: str, *, pivotal: bool):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
     # accelerate keeps the precision in a process-wide singleton, so a second run in one
     # process (a notebook, the test suite) could not change it. Reset that part only; the
     # distributed state of an `accelerate launch` (PartialState) is kept.
@@ -261,8 +262,6 @@ def _claim_output(out: Path, resume: bool, overwrite: bool, log: Callable[[str],
 
 
 def _is_main_process() -> bool:
-    from accelerate.state import PartialState
-
     return PartialState().is_main_process
 
 
@@ -361,8 +360,6 @@ def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
 
 
 def _progress(enabled: bool, start: int, total: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
 
 

@@ -29,11 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 from lowbudget import checks
 from lowbudget.io import atomic_write, atomic_write_text
+from lowbudget.models.architectures import PHANTOM, build_components, save_components
+from lowbudget.models.packed import pack_base
+from lowbudget.phantoms.world import generate
 
-PACKED_FORMAT = "lowbudget-phantom-base"
 
 
 @dataclass
@@ -71,8 +74,6 @@ class PretrainConfig:
 
 def pretrain(output: Path, cfg: PretrainConfig, *, log=print) -> Path:
     """Run (or resume) all phases; returns the packed fp16 file."""
-    from lowbudget.models.architectures import PHANTOM, build_components
-
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "config.json", json.dumps(asdict(cfg), indent=2))
@@ -95,8 +96,6 @@ def pretrain(output: Path, cfg: PretrainConfig, *, log=print) -> Path:
 
 
 def _pretraining_set(cfg: PretrainConfig) -> tuple[torch.Tensor, list[str]]:
-    from lowbudget.phantoms.world import generate
-
     n_chest = int(round(cfg.n_images * cfg.chest_fraction))
     phantoms = generate("chest", n=n_chest, size=cfg.size, seed=cfg.seed, prevalence=cfg.prevalence, describe=True)
     phantoms += generate("prostate", n=cfg.n_images - n_chest, size=cfg.size, seed=cfg.seed + 1,
@@ -143,8 +142,6 @@ def _encode(vae, pixels: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, t
 
 def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: list[str], cfg: PretrainConfig,
                 output: Path, state: dict, log) -> None:
-    from diffusers import DDPMScheduler
-
     unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
     noise = DDPMScheduler.from_config(parts["scheduler"].config)
     ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True,
@@ -217,35 +214,5 @@ def _load_state(output: Path) -> dict:
 
 
 def _write_outputs(parts: dict, output: Path, cfg: PretrainConfig) -> Path:
-    from safetensors.torch import save_file
-
-    from lowbudget.models.architectures import save_components
-
     save_components(parts, output / "base")
-    tensors = {f"{name}.{k}": v.detach().to(torch.float16).contiguous()
-               for name in ("unet", "vae", "text_encoder") for k, v in parts[name].state_dict().items()
-               if v.is_floating_point()}
-    meta = {"format": PACKED_FORMAT, "shape": "phantom", "vae_scaling_factor": repr(parts["vae"].config.scaling_factor),
-            "config": json.dumps(asdict(cfg))}
-    return atomic_write(output / "phantom-base.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
-def unpack_base(packed: Path, folder: Path) -> Path:
-    """Expand a packed fp16 base into an fp32 diffusers folder (what the embedded default does)."""
-    from safetensors import safe_open
-
-    from lowbudget.models.architectures import build_components, get_shape, save_components
-
-    with safe_open(str(packed), framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
-    parts = build_components(get_shape(meta["shape"]))
-    parts["vae"].register_to_config(scaling_factor=float(meta["vae_scaling_factor"]))
-    for name in ("unet", "vae", "text_encoder"):
-        prefix = f"{name}."
-        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = parts[name].load_state_dict(own, strict=False)
-        missing = [k for k in missing if parts[name].state_dict()[k].is_floating_point()]
-        if missing or unexpected:
-            raise ValueError(f"{packed}: {name} weights do not match the '{meta['shape']}' shape ({missing[:3]}, {unexpected[:3]})")
-    return save_components(parts, folder)
+    return pack_base(parts, output / "phantom-base.safetensors", shape="phantom", config=asdict(cfg))

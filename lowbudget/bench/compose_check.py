@@ -21,9 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowbudget.bench.fidelity import Sampling, open_with, train_finding
+from lowbudget.bench.tables import markdown_table, save_strip
 from lowbudget.phantoms import chest, detectors
-from lowbudget.phantoms.fidelity import Sampling, open_with, train_finding
 from lowbudget.phantoms.world import generate
+from lowbudget.sampling.compose import interpolation, interpolation_weights
+from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
+from lowbudget.sampling.masks import box_mask, feather as soften
+from lowbudget.sampling.prompts import encode_texts
+from lowbudget.sampling.sampler import Inpainting, SampleRequest, decode, sample, sample_states
+from lowbudget.stats import spearman
 
 PLAIN = "a frontal chest x-ray"
 TEMPLATE = f"{PLAIN} with {{}}"
@@ -31,25 +38,7 @@ A, B = "<healthy-chest>", "<effusion>"  # the interpolation's ends
 REFERENCE = "interpolation, text states mixed linearly (reference)"
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho with average ranks for ties (0 when one side is constant)."""
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=float)
-        for value in np.unique(v):  # ties share their mean rank
-            r[v == value] = r[v == value].mean()
-        return r
-
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return 0.0
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def _request(s: Sampling, seeds: list[int]):
-    from lowbudget.sampling.sampler import SampleRequest
-
     return SampleRequest(prompt="", seeds=seeds, steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
                          batch_size=s.batch_size)
 
@@ -63,8 +52,6 @@ def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int
     healthy or diseased: an interpolation that jumps from healthy to diseased is monotone in
     the first sense, yet its rho measures detector noise on the healthy images.
     """
-    from lowbudget.sampling.compose import interpolation
-
     out = {}
     for method in ("and", "lerp", "slerp"):
         decisions: dict = {}
@@ -83,10 +70,6 @@ def text_state_reference(pipe, sampling: Sampling, seeds: list[int], weights: in
     comes from the U-Net and the sampler, not from how token vectors are mixed. A reference
     for that diagnosis, not a method users are offered.
     """
-    from lowbudget.sampling.compose import interpolation_weights
-    from lowbudget.sampling.prompts import encode_texts
-    from lowbudget.sampling.sampler import sample_states
-
     negative, ca, cb = encode_texts(pipe, ["", TEMPLATE.format(A), TEMPLATE.format(B)])  # 3 x (77, D)
     w, decisions, columns = interpolation_weights(weights), {}, []
     record, request = _decision_recorder(pipe, decisions), _request(sampling, seeds)
@@ -99,8 +82,6 @@ def text_state_reference(pipe, sampling: Sampling, seeds: list[int], weights: in
 def _decision_recorder(pipe, decisions: dict):
     """A ``watch(w, step)`` that appends, per (w, seed), the detector's decision on the
     scheduler's estimate of the final image at that step."""
-    from lowbudget.sampling.sampler import decode
-
     cut = detectors.threshold("chest", "effusion")
 
     def record(w: float, step) -> None:
@@ -154,9 +135,6 @@ def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float
     The projection of c(w) - c(0) onto c(1) - c(0), over all 77 positions: 0 at A, 1 at B,
     w for a path that moves the conditioning linearly.
     """
-    from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
-    from lowbudget.sampling.prompts import encode_texts
-
     a, b = token_vectors(pipe, A), token_vectors(pipe, B)
     states = []
     for w in weights:
@@ -167,8 +145,6 @@ def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float
 
 
 def combination_check(pipe, sampling: Sampling, seeds: list[int]) -> dict:
-    from lowbudget.sampling.sampler import sample
-
     prompt = f"{PLAIN} with <effusion> :1 AND {PLAIN} with <cardiomegaly> :1"
     gray = sample(pipe, replace(_request(sampling, seeds), prompt=prompt)).mean(dim=1).cpu().numpy()
     eff = detectors.flagged("chest", "effusion", gray)
@@ -179,9 +155,6 @@ def combination_check(pipe, sampling: Sampling, seeds: list[int]) -> dict:
 
 def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 4) -> dict:
     """One healthy phantom per seed; the box covers the lower half of the patient's right lung."""
-    from lowbudget.sampling.masks import box_mask, feather as soften
-    from lowbudget.sampling.sampler import Inpainting, sample
-
     size = 64
     x0, x1 = int((chest.LUNG_CX["right"] - 1.3 * chest.LUNG_HALF_WIDTH) * size), int(0.47 * size)
     y0, y1 = int(0.45 * size), int((chest.LUNG_BASE["right"] + 0.06) * size)
@@ -205,8 +178,6 @@ def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 
 
 
 def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
-    from lowbudget.phantoms.benchmark import save_strip, markdown_table
-
     runs = output / "runs"
     files = [*train_finding(replace(cfg.token, finding="effusion"), runs / "effusion"),
              *train_finding(replace(cfg.token, finding="cardiomegaly"), runs / "cardiomegaly"),
@@ -249,8 +220,6 @@ def _median_range(values: list, fmt: str, empty: str) -> str:
 def _interpolation_detail(interp: dict, steps: int) -> list[str]:
     """Why rho is what it is: where the finding appears, when each image settled on healthy or
     diseased, and how far the conditioning moved."""
-    from lowbudget.phantoms.benchmark import markdown_table
-
     rows = []
     for method, r in interp.items():
         onsets = [o for o in r["onsets"] if o is not None]

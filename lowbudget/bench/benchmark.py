@@ -9,7 +9,7 @@ Sections (each timed, each a markdown table in ``results.md`` and a key in ``res
   downstream  classifier AUC on held-out real phantoms: N real, N real + 10N synthetic, 10N synthetic
   diversity   within-prompt MS-SSIM (4 images, 6 pairs) of generated vs real phantoms
   methods     TI vs LoRA vs TI+LoRA on the same data and steps
-  compose     interpolation monotonicity, combination and inpainting rates (lowbudget.phantoms.compose_check)
+  compose     interpolation monotonicity, combination and inpainting rates (lowbudget.bench.compose_check)
 """
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ from typing import Callable
 
 import numpy as np
 
+from lowbudget.bench.compose_check import compose_checks
+from lowbudget.bench.tables import markdown_table, save_pngs, save_strip
+from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
+                                      modality_of, open_with, recognised_rate, train_finding, training_rate)
+from lowbudget.errors import LowbudgetError
+from lowbudget.evaluate.classifier import ClassifierConfig, downstream
+from lowbudget.evaluate.diversity import diversity
+from lowbudget.evaluate.images import labelled_images
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import detectors
-from lowbudget.phantoms.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
-                                         modality_of, open_with, recognised_rate, train_finding, training_rate)
 from lowbudget.phantoms.world import MODALITIES, generate
 
 SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose")
@@ -51,8 +57,6 @@ class BenchmarkConfig:
     quick_mode: bool = False
 
     def __post_init__(self) -> None:
-        from lowbudget.errors import LowbudgetError
-
         for finding in (*self.findings, self.sweep_finding):
             if finding not in INIT_WORDS:
                 raise LowbudgetError(f"finding {finding!r} is not in the phantom world; expected one of {', '.join(INIT_WORDS)}")
@@ -71,8 +75,6 @@ def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ..
     chosen = sections or (("detectors", "fidelity") if cfg.quick_mode else SECTIONS)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
-        from lowbudget.errors import LowbudgetError
-
         raise LowbudgetError(f"--sections: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(SECTIONS)}")
     results, markdown = {"config": asdict(cfg)}, ["# Phantom-world benchmark", ""]
     for name in SECTIONS:
@@ -88,12 +90,6 @@ def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ..
         atomic_write_text(output / "results.json", json.dumps(results, indent=2, default=str))
         atomic_write_text(output / "results.md", "\n".join(markdown))
     return output / "results.md"
-
-
-def markdown_table(header: list[str], rows: list[list]) -> list[str]:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
 
 
 def _detectors(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -163,8 +159,6 @@ def _sweep(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
 
 
 def _downstream(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    from lowbudget.evaluate.classifier import ClassifierConfig, downstream
-
     finding = cfg.sweep_finding
     modality = modality_of(finding)
     n = cfg.downstream_real
@@ -177,8 +171,7 @@ def _downstream(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dic
     prompts = {finding: f"{MODALITIES[modality].plain_prompt} with <{finding}>", "none": MODALITIES[modality].plain_prompt}
     syn = output / "downstream" / "synthetic"
     for label, prompt in prompts.items():
-        _save_pngs(generate_gray(pipe, prompt, seeds, cfg.sampling), syn / label)
-    from lowbudget.evaluate.images import labelled_images
+        save_pngs(generate_gray(pipe, prompt, seeds, cfg.sampling), syn / label)
 
     classes = ["none", finding]
     ccfg = ClassifierConfig(size=64, steps=cfg.downstream_steps, seeds=cfg.downstream_seeds, eval_every=50)
@@ -194,18 +187,16 @@ def _downstream(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dic
 
 
 def _diversity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    from lowbudget.evaluate.diversity import diversity
-
     finding = cfg.sweep_finding
     modality = modality_of(finding)
     spec = replace(cfg.token, finding=finding)
     files = train_finding(spec, output / "runs" / finding)
     n = 4 * cfg.diversity_groups
     gen = output / "diversity" / "generated"
-    _save_pngs(generate_gray(open_with(files), f"{MODALITIES[modality].plain_prompt} with <{finding}>",
+    save_pngs(generate_gray(open_with(files), f"{MODALITIES[modality].plain_prompt} with <{finding}>",
                              list(range(50_000, 50_000 + n)), cfg.sampling), gen)
     real = output / "diversity" / "real"
-    _save_pngs(np.stack([p.image for p in generate(modality, finding, n=n, seed=51_000)]), real)
+    save_pngs(np.stack([p.image for p in generate(modality, finding, n=n, seed=51_000)]), real)
     result = diversity(gen, real, size=64)
     rows = [["generated (token prompt)", result["ms_ssim_mean"], result["ms_ssim_std"], result["n_groups"]],
             ["real phantoms", result["reference_ms_ssim_mean"], result["reference_ms_ssim_std"], result["reference_groups"]]]
@@ -230,8 +221,6 @@ def _methods(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
 
 
 def _compose(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    from lowbudget.phantoms.compose_check import compose_checks
-
     return compose_checks(cfg, output, log)
 
 
@@ -243,19 +232,5 @@ def _write_class_folders(folder: Path, modality: str, finding: str, per_class: i
     for label, seed_offset in ((finding, 0), ("none", 1)):
         images = [p.image for p in generate(modality, label, n=per_class, seed=seed + seed_offset)
                   if label != "none" or not p.labels.get(finding)]
-        _save_pngs(np.stack(images), folder / label)
+        save_pngs(np.stack(images), folder / label)
     return folder
-
-
-def _save_pngs(images: np.ndarray, folder: Path) -> None:
-    from lowbudget.viz import save_png, to_pil
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        save_png(to_pil(im), folder / f"{i:04d}.png")
-
-
-def save_strip(images: np.ndarray, path: Path) -> None:
-    from lowbudget.viz import image_grid, save_png, to_pil
-
-    save_png(image_grid([[to_pil(im) for im in images]]), path)

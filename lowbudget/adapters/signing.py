@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from lowbudget.errors import SignatureError
 from lowbudget.io import atomic_path
-from lowbudget.sharing.keys import key_id, load_private_key, trusted_keys
+from lowbudget.adapters.keys import key_id, load_private_key, trusted_keys
 
 SIGNER, KEY_ID, SIGNATURE = "lowbudget_signer", "lowbudget_key_id", "lowbudget_signature"
 _DOMAIN = b"lowbudget adapter signature v1\n"  # a signature for this purpose only

@@ -16,8 +16,11 @@ from typing import Callable
 import numpy as np
 
 from lowbudget.phantoms import detectors
-from lowbudget.phantoms.world import MODALITIES
+from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.recipe import DataConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig, Recipe, TokenConfig
+from lowbudget.sampling.outputs import open_pipeline
+from lowbudget.sampling.sampler import SampleRequest, sample
+from lowbudget.training.loop import train
 
 # Words never used in pretraining captions: their embeddings are as untrained as a medical
 # term's meaning is to Stable Diffusion, which makes them the honest "without token" control.
@@ -92,8 +95,6 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
 
 def train_finding(spec: TokenSpec, output: Path, base: str = "", log: Callable[[str], None] = lambda s: None) -> list[Path]:
     """Train ``spec`` into ``output`` (or reuse a finished run there); returns the adapter files."""
-    from lowbudget.training.loop import train
-
     done = sorted(Path(output).glob("*.safetensors"))
     if done:  # adapters are written last, atomically: their presence means the run finished
         return done
@@ -110,8 +111,6 @@ def prompts(finding: str, with_adapter: bool = True) -> dict[str, str]:
 
 def generate_gray(pipe, prompt: str, seeds: list[int], sampling: Sampling) -> np.ndarray:
     """(N, H, W) float images in [0, 1] from lowbudget's sampling loop."""
-    from lowbudget.sampling.sampler import SampleRequest, sample
-
     req = SampleRequest(prompt=prompt, seeds=seeds, steps=sampling.steps, guidance=sampling.guidance,
                         scheduler=sampling.scheduler, batch_size=sampling.batch_size)
     return sample(pipe, req).mean(dim=1).cpu().numpy()
@@ -128,8 +127,6 @@ def recognised_rate(modality: str, images: np.ndarray) -> float:
 
 def training_rate(spec: TokenSpec, size: int = 64) -> float:
     """Detector rate on the training images themselves: the ceiling a faithful token can reach."""
-    from lowbudget.phantoms.world import generate
-
     images = [p.image for p in generate(modality_of(spec.finding), spec.finding, n=spec.n_images, size=size,
                                         seed=spec.data_seed)]
     return detection_rate(spec.finding, np.stack(images))
@@ -137,8 +134,6 @@ def training_rate(spec: TokenSpec, size: int = 64) -> float:
 
 def open_with(adapters: list[Path], base: str = ""):
     """A pipeline on ``base`` (embedded by default) with ``adapters`` loaded."""
-    from lowbudget.sampling.outputs import open_pipeline
-
     return open_pipeline(base or None, adapters, warn=lambda s: None)[0]
 
 

@@ -12,17 +12,21 @@ from typing import Callable
 
 import numpy as np
 
+from lowbudget.adapters.load import load_adapter
+from lowbudget.bench.compose_check import inpainting_check
+from lowbudget.bench.fidelity import Sampling, detection_rate, generate_gray, modality_of, open_with, prompts
+from lowbudget.bench.tables import save_strip
 from lowbudget.io import atomic_write_text
-from lowbudget.phantoms.fidelity import Sampling, detection_rate, generate_gray, modality_of, prompts
+from lowbudget.phantoms.detectors import DETECTORS, flagged
+from lowbudget.sampling.compose import interpolation
+from lowbudget.sampling.sampler import SampleRequest
+from lowbudget.sharing.library import read_index
+from lowbudget.viz import bar_chart, save_png
 
 
 def demo_report(adapter: Path, finding: str, output: Path, *, library: Path | None = None, n: int = 16,
                 sampling: Sampling | None = None, log: Callable[[str], None] = print) -> Path:
     """Write ``output/report.md`` for ``adapter`` (a token trained on ``finding``); returns its path."""
-    from lowbudget.phantoms.benchmark import save_strip
-    from lowbudget.phantoms.fidelity import open_with
-    from lowbudget.viz import bar_chart, save_png
-
     sampling = sampling or Sampling()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -46,11 +50,6 @@ def demo_report(adapter: Path, finding: str, output: Path, *, library: Path | No
 
 
 def _interpolation(pipe, finding: str, sampling: Sampling, output: Path) -> list[str]:
-    from lowbudget.phantoms.benchmark import save_strip
-    from lowbudget.phantoms.detectors import DETECTORS
-    from lowbudget.sampling.compose import interpolation
-    from lowbudget.sampling.sampler import SampleRequest
-
     plain = prompts(finding)["plain"]
     req = SampleRequest(prompt="", seeds=[0], steps=sampling.steps, guidance=sampling.guidance, scheduler=sampling.scheduler)
     weights, images, _ = interpolation(pipe, plain, prompts(finding)["token"], steps=6, method="and", template="{}",
@@ -65,18 +64,13 @@ def _interpolation(pipe, finding: str, sampling: Sampling, output: Path) -> list
 
 def _combination(pipe, finding: str, library: Path | None, sampling: Sampling, output: Path, log) -> list[str]:
     """Combine with another finding of the same modality from the shared library, if it has one."""
-    import lowbudget
-    from lowbudget.sharing.library import read_index
-    from lowbudget.phantoms.benchmark import save_strip
-    from lowbudget.phantoms.detectors import flagged
-
     modality = modality_of(finding)
     others = [e for e in (read_index(library) if library and (library / "index.json").is_file() else [])
               if e.token != f"<{finding}>" and e.modality.startswith(modality) and not e.token.startswith("<healthy")]
     if not others:
         return ["## Combination", "", "Skipped: the library has no other finding for this modality.", ""]
     other = others[0]
-    lowbudget.load_adapter(pipe, library / other.file, warn=log)
+    load_adapter(pipe, library / other.file, warn=log)
     other_finding = other.token.strip("<>")
     plain = prompts(finding)["plain"]
     prompt = f"{plain} with <{finding}> :1 AND {plain} with {other.token} :1"
@@ -90,8 +84,6 @@ def _combination(pipe, finding: str, library: Path | None, sampling: Sampling, o
 def _inpainting(pipe, finding: str, sampling: Sampling, output: Path) -> list[str]:
     if finding != "effusion":
         return []
-    from lowbudget.phantoms.benchmark import save_strip
-    from lowbudget.phantoms.compose_check import inpainting_check
 
     result = inpainting_check(pipe, sampling, list(range(200, 208)))
     save_strip(np.concatenate([result["originals"][:4], result["images"][:4]]), output / "inpainting.png")
