@@ -1,6 +1,7 @@
 # lowbudget: everything a fresh machine needs, in two commands.
 #   make demo   set up .venv, write 100 chest phantoms, train an effusion embedding on the embedded base, report
 #   make test   set up .venv and run the test suite (CPU, offline, a few minutes)
+#   make test-slow  the tests that take minutes, left out of `make test` (CI runs both)
 # and, for maintainers, deliberate upgrades:
 #   make lock         re-resolve requirements.lock (exact versions + hashes) from pyproject.toml's ranges
 #   make test-latest  the suite in a throw-away venv with the newest releases those ranges allow
@@ -19,7 +20,7 @@ OLDEST_VENV ?= .venv-oldest
 # A new folder per demo run, so a second `make demo` never overwrites the first.
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test lock lock-upgrade test-latest test-oldest clean-venv
+.PHONY: setup demo test test-slow lock lock-upgrade test-latest test-oldest clean-venv
 
 setup: $(STAMP)
 
@@ -47,12 +48,16 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/lowbudget phantoms chest --finding effusion -n 100 --format mixed --output $(DEMO_DIR)/phantoms
+	$(BIN)/lowbudget phantom images chest --finding effusion -n 100 --format mixed --output $(DEMO_DIR)/phantoms
 	$(BIN)/lowbudget train recipes/phantom/chest-ti.toml --data $(DEMO_DIR)/phantoms --output $(DEMO_DIR)/effusion-ti --quiet
-	$(BIN)/lowbudget report $(DEMO_DIR)/effusion-ti/effusion.safetensors --finding effusion --output $(DEMO_DIR)/report
+	$(BIN)/lowbudget phantom report $(DEMO_DIR)/effusion-ti/effusion.safetensors --finding effusion --output $(DEMO_DIR)/report
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The tests that take minutes (marked slow), which `make test` leaves out; CI runs them too.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
 
 lock: setup
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)

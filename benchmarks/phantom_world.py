@@ -1,4 +1,4 @@
-"""The paper in miniature on the phantom world (the same as `lowbudget benchmark`).
+"""The paper in miniature on the phantom world (the same as `lowbudget phantom benchmark`).
 
 Every figure is a detector rate or a classifier AUC measured on images lowbudget generated
 with the embedded phantom base; results.md (tables with each section's wall time),
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lowbudget.bench.benchmark import SECTIONS, BenchmarkConfig, run_benchmark
+from lowbudget.bench.benchmark import SECTIONS, benchmark_config, run_benchmark
 
 
 def main() -> None:
@@ -27,13 +27,8 @@ def main() -> None:
     parser.add_argument("--compose-seeds", type=int, default=0,
                         help="interpolation seeds (combination and inpainting use twice as many; default 8)")
     args = parser.parse_args()
-    if args.compose_seeds < 0:
-        parser.error(f"--compose-seeds {args.compose_seeds}: expected a positive number of seeds")
-    cfg = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
-    if args.findings:
-        cfg.findings = tuple(args.findings.split(","))
-    if args.compose_seeds:
-        cfg.compose_seeds = args.compose_seeds
+    findings = tuple(args.findings.split(",")) if args.findings else ()
+    cfg = benchmark_config(quick=args.quick, findings=findings, compose_seeds=args.compose_seeds)
     sections = tuple(args.sections.split(",")) if args.sections else None
     print(run_benchmark(args.output, cfg, sections=sections).read_text())
 

@@ -24,7 +24,7 @@ import torch
 from packaging.requirements import Requirement
 
 from lowbudget.adapters.load import load_adapter
-from lowbudget.adapters.files import Provenance, save_embedding
+from lowbudget.adapters.own_files import Provenance, save_embedding
 from lowbudget.adapters.lora import attach_lora
 from lowbudget.errors import quote
 from lowbudget.models.architectures import build_components, get_shape

@@ -19,10 +19,12 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from lowbudget import checks
 from lowbudget.errors import RecipeError
+
+T = TypeVar("T")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -281,10 +283,19 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError(f"recipe '{path}': {exc}") from None
 
 
+def build_config(cls: type[T], overrides: dict[str, Any]) -> T:
+    """A config dataclass from its defaults and dotted ``{"key": value}`` overrides, checked by the
+    same rules as a recipe (unknown keys named with the closest match, types, value checks)."""
+    raw: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    return _build(cls, raw, "")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'optim.lr_ti=1e-2' -> ('optim.lr_ti', 0.01); values are TOML, bare words are strings."""
     if "=" not in text:
-        raise RecipeError(f"override {text!r} must look like table.key=value")
+        raise RecipeError(f"--set {text!r} must look like KEY=VALUE, e.g. --set optim.lr_ti=1e-2")
     key, value = (s.strip() for s in text.split("=", 1))
     try:
         return key, tomllib.loads(f"v = {value}")["v"]

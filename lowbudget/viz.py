@@ -12,11 +12,14 @@ from lowbudget.version import __version__
 from lowbudget.io import atomic_write
 
 
-def save_png(image: Image.Image, path: str | Path, **params) -> Path:
-    """Atomic PNG that says it came from lowbudget (so that a later run may replace it)."""
+def save_png(image: Image.Image, path: str | Path, *, text: dict[str, str] | None = None) -> Path:
+    """The one PNG writer: atomic, and the file says it came from lowbudget (so that a later run
+    may replace it); ``text`` adds chunks (a generated image's record, A1111's 'parameters')."""
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", f"lowbudget {__version__}")
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, **params))
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (), pad: int = 4) -> Image.Image:

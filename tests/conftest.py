@@ -11,13 +11,11 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ["LOWBUDGET_CACHE"] = tempfile.mkdtemp(prefix="lowbudget-test-cache-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from lowbudget.recipe import DataConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig, Recipe, TokenConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,25 +37,3 @@ def mixed_folder(tmp_path_factory) -> Path:
     rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     (folder / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "a chest x-ray"}) + "\n" for r in rows))
     return folder
-
-
-def tiny_recipe(data: Path, out: Path, base: Path, kind: str = "ti", steps: int = 4, **optim) -> Recipe:
-    """A recipe that trains the tiny base at 32 px in a few seconds."""
-    tokens = [TokenConfig(name="<effusion>", init="fluid lung", n_vectors=3)] if kind != "lora" else []
-    templates = ["a chest x-ray with {token}"] if kind != "lora" else ["a chest x-ray"]
-    return Recipe(
-        data=DataConfig(path=str(data), resolution=32, captions="templates", templates=templates),
-        model=ModelConfig(base=str(base)),
-        method=MethodConfig(kind=kind, tokens=tokens),
-        optim=OptimConfig(max_steps=steps, batch_size=2, **optim),
-        output=OutputConfig(dir=str(out), checkpoint_every=2),
-    )
-
-
-def noise_png(path: Path, shape=(40, 48), seed=0, mode="L") -> Path:
-    from PIL import Image
-
-    arr = (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).convert(mode).save(path)
-    return path

@@ -96,3 +96,9 @@ def test_imports_stand_at_the_top_outside_the_cli():
     inner = [(module, name) for module, path in MODULES.items() if _package(module) not in ("cli", "__init__")
              for name, at_top in _imports(path) if not at_top]
     assert not inner, inner
+
+
+def test_every_package_folder_is_a_regular_package():
+    # a folder without __init__.py imports here (a namespace package) but is left out of a wheel
+    folders = {p.parent for p in PACKAGE.rglob("*.py")}
+    assert not [f for f in folders if not (f / "__init__.py").is_file()]

@@ -1,7 +1,7 @@
 """The phantom world at reduced size: the embedded base, the quick benchmark, and the
 sampling checks on the shared embeddings -- all on the real embedded base.
 
-The full-size figures come from `lowbudget benchmark` and are in benchmarks/PHANTOM_RESULTS.md.
+The full-size figures come from `lowbudget phantom benchmark` and are in benchmarks/PHANTOM_RESULTS.md.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lowbudget.bench.fidelity import Sampling, generate_gray, open_with, recognised_rate
+from helpers import ROOT
+from lowbudget.bench import fidelity
+from lowbudget.bench.fidelity import Sampling, TokenSpec, generate_gray, open_with, recognised_rate, train_finding
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / "embeddings"
 
 
@@ -23,6 +24,22 @@ def test_plain_prompts_give_recognisable_phantoms():
     for modality, prompt in (("chest", "a frontal chest x-ray"), ("prostate", "an axial t2 prostate mri")):
         images = generate_gray(pipe, prompt, list(range(16)), Sampling())
         assert recognised_rate(modality, images) >= 0.9, modality
+
+
+def test_a_trained_finding_is_reused_only_for_the_same_spec(tmp_path, monkeypatch):
+    spec = TokenSpec("nodule", n_images=4, n_vectors=1, steps=2, batch_size=2)
+    first = train_finding(spec, tmp_path)
+    other = train_finding(TokenSpec("nodule", n_images=4, n_vectors=2, steps=2, batch_size=2), tmp_path)
+    assert first[0].parent != other[0].parent  # another setting trains anew, in its own folder
+    assert load_token(first[0]).shape[0] == 1 and load_token(other[0]).shape[0] == 2
+    monkeypatch.setattr(fidelity, "train", lambda *a, **k: pytest.fail("the finished run was not reused"))
+    assert train_finding(spec, tmp_path) == first
+
+
+def load_token(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(path)["<nodule>"]
 
 
 def test_quick_benchmark_measures_fidelity_with_the_real_pipeline(tmp_path):
@@ -40,7 +57,7 @@ def test_quick_benchmark_measures_fidelity_with_the_real_pipeline(tmp_path):
     assert rates["token"] >= 0.8, rates
     assert rates["init"] <= 0.2 and rates["plain"] <= 0.2, rates
     assert "| effusion |" in report.read_text()
-    assert (tmp_path / "runs" / "effusion" / "effusion.safetensors").stat().st_size < 1024 * 1024
+    assert next((tmp_path / "runs" / "effusion").glob("spec-*/effusion.safetensors")).stat().st_size < 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +70,7 @@ def shared_pipe():
 
 def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     """Issue #5's acceptance on the shared embeddings, fewer seeds than the benchmark
-    (`lowbudget benchmark --sections compose`): interpolation monotone for the prompt-level
+    (`lowbudget phantom benchmark --sections compose`): interpolation monotone for the prompt-level
     method and slerp (mean Spearman rho >= 0.9), every method's detection never turning off
     as the weight grows, both findings in >= 70% of combined images,
     the effusion inpainted into the box in >= 80%, and no pixel outside the feathered box

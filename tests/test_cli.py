@@ -1,34 +1,12 @@
 """The command line: each bad input gives one line, exit code 1, no traceback."""
 
+import re
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import ROOT, assert_one_line_error, run
 from lowbudget.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["lowbudget", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, pattern):
-    import re
-
-    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
-    assert code == 1, err
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert re.search(pattern, lines[0]), lines[0]
-
 
 def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, mixed_folder, tmp_path):
     recipe = ROOT / "recipes" / "phantom" / "chest-ti.toml"
@@ -55,14 +33,14 @@ def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, 
     (["train", "{recipe}", "--data", "{data}", "--set", "model.precision=fp16"], r"'fp16' needs a CUDA GPU"),
     (["train", "{recipe}", "--data", "{data}", "--base", "{base}", "--set", "model.family=sd2"], r"expects an SD 2.x base"),
     (["make-base", "{tmp}"], r"already exists"),
-    (["phantoms", "chest", "--output", "{tmp}/p", "--finding", "tumour"], r"--finding .tumour. is not known for chest"),
-    (["phantoms", "knee", "--output", "{tmp}/p"], r"phantom modality .knee. is not known"),
-    (["pretrain-base", "--output", "{tmp}/pb", "--set", "unet_stepz=3"], r"--set 'unet_stepz=3': expected KEY=VALUE with KEY one of"),
-    (["pretrain-base", "--output", "{tmp}/pb", "--set", "unet_steps=many"], r"'many' is not a number"),
-    (["benchmark", "--output", "{tmp}/b", "--sections", "fidelity,speed"], r"--sections: unknown speed"),
-    (["benchmark", "--output", "{tmp}/b", "--findings", "effusion,fracture"], r"finding 'fracture' is not in the phantom world"),
-    (["report", "{tmp}/none.safetensors", "--finding", "fracture"], r"--finding 'fracture' is not a phantom finding"),
-    (["report", "{tmp}/none.safetensors", "--finding", "effusion"], r"adapter '.*none.safetensors' does not exist"),
+    (["phantom", "images", "chest", "--output", "{tmp}/p", "--finding", "tumour"], r"--finding .tumour. is not known for chest"),
+    (["phantom", "images", "knee", "--output", "{tmp}/p"], r"phantom modality .knee. is not known"),
+    (["phantom", "pretrain-base", "--output", "{tmp}/pb", "--set", "unet_stepz=3"], r"pretrain-base --set: unknown key 'unet_stepz' \(did you mean 'unet_steps'\?\)"),
+    (["phantom", "pretrain-base", "--output", "{tmp}/pb", "--set", "unet_steps=many"], r"pretrain-base --set: unet_steps = 'many' must be of type int"),
+    (["phantom", "benchmark", "--output", "{tmp}/b", "--sections", "fidelity,speed"], r"--sections: unknown speed"),
+    (["phantom", "benchmark", "--output", "{tmp}/b", "--findings", "effusion,fracture"], r"finding 'fracture' is not in the phantom world"),
+    (["phantom", "report", "{tmp}/none.safetensors", "--finding", "fracture"], r"--finding 'fracture' is not a phantom finding"),
+    (["phantom", "report", "{tmp}/none.safetensors", "--finding", "effusion"], r"adapter '.*none.safetensors' does not exist"),
 ])
 def test_bad_inputs_give_one_line_errors(monkeypatch, capsys, tmp_path, tiny_base, mixed_folder, args, pattern):
     if any("fp16" in a for a in args):
@@ -81,6 +59,23 @@ def test_debug_flag_shows_the_traceback(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["lowbudget", "--debug", "train", "nope.toml"])
     with pytest.raises(RecipeError):
         main()
+
+
+def test_phantom_commands_keep_their_old_names_hidden_and_deprecated(monkeypatch, capsys, tmp_path):
+    def commands(out):  # the first word of each row in the help's command table
+        return {m.group(1) for m in re.finditer(r"^│ ([a-z]\S*) ", out, re.M)}
+
+    code, out, _ = run(monkeypatch, capsys, "--help")
+    assert code == 0 and "phantom" in commands(out)
+    assert not commands(out) & {"phantoms", "report", "pretrain-base", "benchmark"}  # hidden at the top level
+    code, out, _ = run(monkeypatch, capsys, "phantom", "--help")
+    assert commands(out) == {"images", "report", "pretrain-base", "benchmark"}
+    code, _, err = run(monkeypatch, capsys, "phantoms", "chest", "-n", "2", "--output", tmp_path / "old")
+    assert code == 0 and "deprecated" in err and len(list((tmp_path / "old").glob("*.png"))) == 2
+    code, _, err = run(monkeypatch, capsys, "phantom", "images", "chest", "-n", "2", "--output", tmp_path / "new")
+    assert code == 0 and "deprecated" not in err
+    assert [p.read_bytes() for p in sorted((tmp_path / "old").glob("*.png"))] == \
+           [p.read_bytes() for p in sorted((tmp_path / "new").glob("*.png"))]
 
 
 def test_check_recipe_prints_the_resolved_recipe(monkeypatch, capsys):

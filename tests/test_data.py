@@ -12,7 +12,7 @@ from lowbudget.data.writers import write_dicom, write_png
 from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
 
-from conftest import noise_png
+from helpers import noise_png
 
 
 def cfg(path="", **kw) -> DataConfig:

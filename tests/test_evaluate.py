@@ -16,7 +16,7 @@ from lowbudget.evaluate.images import labelled_images
 from lowbudget.evaluate.memorisation import memorisation
 from lowbudget.evaluate.realism import FeatureExtractor, load_extractor, realism
 
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 
 def save_gray(path: Path, arr: np.ndarray, prompt: str | None = None) -> Path:

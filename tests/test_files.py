@@ -12,14 +12,14 @@ from safetensors.torch import load_file, save_file
 
 import lowbudget
 from lowbudget.adapters.compat import check_embedding
-from lowbudget.adapters.files import Provenance, read_header, save_embedding
-from lowbudget.adapters.formats import read_embedding, write_embedding
+from lowbudget.adapters.own_files import Provenance, read_header, save_embedding
+from lowbudget.adapters.foreign_layouts import read_embedding, write_embedding
 from lowbudget.errors import AdapterError
 from lowbudget.models import load_base
 from lowbudget.models.architectures import write_base_folder
 from lowbudget.recipe import MethodConfig, Recipe
 
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 PROV = Provenance(base_name="tiny", base_fingerprint="f" * 64, modality="chest X-ray", n_images=100, steps=5000,
                   recipe=Recipe(method=MethodConfig(kind="lora")).shareable_dict(), description="test", license="CC0-1.0")
@@ -140,7 +140,7 @@ def test_foreign_fingerprint_warns_and_existing_token_is_refused(tmp_path, tiny_
 def test_load_adapter_puts_every_layout_into_a_diffusers_pipeline(tmp_path, tiny_base, mixed_folder):
     from diffusers import StableDiffusionPipeline
 
-    from conftest import tiny_recipe
+    from helpers import tiny_recipe
     from lowbudget.training import train
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, local_files_only=True)
@@ -169,7 +169,7 @@ def test_load_adapter_puts_every_layout_into_a_diffusers_pipeline(tmp_path, tiny
 def test_lora_for_another_width_is_refused(tmp_path, tiny_base, base768, mixed_folder):
     from diffusers import StableDiffusionPipeline
 
-    from conftest import tiny_recipe
+    from helpers import tiny_recipe
     from lowbudget.training import train
 
     train(tiny_recipe(mixed_folder, tmp_path / "run", tiny_base, "lora", steps=1), progress=False, log=lambda m: None)

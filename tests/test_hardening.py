@@ -17,13 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import noise_png, tiny_recipe
-from lowbudget.adapters.files import LORA_WEIGHT_NAME, Provenance, save_embedding
+from helpers import noise_png, tiny_recipe
+from lowbudget.adapters.own_files import LORA_WEIGHT_NAME, Provenance, save_embedding
 from lowbudget.errors import TrainingError
 from lowbudget.io import MARKER, atomic_write_text
 from lowbudget.recipe import OptimConfig
 from lowbudget.training import train
-from test_cli import ROOT, assert_one_line_error, run
+from helpers import ROOT, assert_one_line_error, run
 
 QUIET = {"progress": False, "log": lambda m: None}
 
@@ -119,15 +119,15 @@ BAD_VALUES = [
       "--base", "{base}"], r"--feather = 100000 must be in \[0, 16\]"),
     (["inpaint", "{png}", "--prompt", "x", "--box", "1,1,9,9", "--strength", "nan", "--size", "32",
       "--base", "{base}"], r"--strength = nan must be a finite number"),
-    (["phantoms", "chest", "--size", "100000"], r"--size = 100000 must be in \[16, 4096\]"),
-    (["phantoms", "chest", "--prevalence", "2"], r"--prevalence = 2.0 must be in \[0, 1\]"),
-    (["phantoms", "chest", "-n", "0"], r"-n = 0 must be >= 1"),
+    (["phantom", "images", "chest", "--size", "100000"], r"--size = 100000 must be in \[16, 4096\]"),
+    (["phantom", "images", "chest", "--prevalence", "2"], r"--prevalence = 2.0 must be in \[0, 1\]"),
+    (["phantom", "images", "chest", "-n", "0"], r"-n = 0 must be >= 1"),
     (["evaluate", "diversity", "--generated", "{dir}", "--size", "0"], r"--size = 0 must be in \[16, 4096\]"),
     (["evaluate", "memorisation", "--generated", "{dir}", "--training", "{dir}", "--percentile", "200"],
      r"--percentile = 200.0 must be in \[0, 100\]"),
     (["evaluate", "classifier", "--real", "{dir}", "--steps", "0"], r"--steps = 0 must be >= 1"),
     (["evaluate", "realism", "--real", "{dir}", "--generated", "{dir}", "--input-size", "0"], r"--input-size = 0 must be in"),
-    (["pretrain-base", "--set", "unet_steps=-1"], r"--set unet_steps = -1 must be >= 1"),
+    (["phantom", "pretrain-base", "--set", "unet_steps=-1"], r"--set unet_steps = -1 must be >= 1"),
     (["compose", "--interpolate", "a", "--interpolate", "b", "--weight-steps", "1", "--steps", "1", "--size", "32",
       "--base", "{base}"], r"--weight-steps 1: an interpolation needs at least 2 weights"),
     (["generate", "a <nodule> on the left", "--base", "{base}", "-n", "1", "--steps", "1", "--size", "32"],
@@ -176,7 +176,7 @@ def test_no_command_mixes_into_or_replaces_what_it_did_not_write(monkeypatch, ca
     before = photo.read_bytes()
     fast = ["--base", tiny_base, "--steps", "1", "--size", "32"]
     refusals = [
-        ["phantoms", "chest", "-n", "2", "--output", mine],
+        ["phantom", "images", "chest", "-n", "2", "--output", mine],
         ["generate", "x", "-n", "1", *fast, "--output", mine],
         ["compose", "--combine", "a", "--combine", "b", "--seeds", "0", *fast, "--output", photo],
         ["inpaint", photo, "--prompt", "x", "--box", "1,1,9,9", *fast, "--output", photo],
@@ -196,7 +196,7 @@ def test_no_command_mixes_into_or_replaces_what_it_did_not_write(monkeypatch, ca
     assert code == 0, err
     code, _, err = run(monkeypatch, capsys, "generate", "x", "-n", "1", *fast, "--output", tmp_path / "g")
     assert code == 0, err
-    code, _, err = run(monkeypatch, capsys, "phantoms", "chest", "-n", "2", "--output", mine, "--overwrite")
+    code, _, err = run(monkeypatch, capsys, "phantom", "images", "chest", "-n", "2", "--output", mine, "--overwrite")
     assert code == 0 and photo.read_bytes() == before and (mine / MARKER).is_file()
     # a PNG lowbudget wrote may be replaced by the next run
     strip = tmp_path / "strip.png"
@@ -210,7 +210,7 @@ def test_no_command_mixes_into_or_replaces_what_it_did_not_write(monkeypatch, ca
     (["generate", "x", "--output", "{file}"], r"--output '.*f.txt' is a file; expected a folder"),
     (["generate", "x", "--output", "{file}/sub"], r"--output '.*sub' lies under '.*f.txt', which is a file"),
     (["compose", "--combine", "a", "--combine", "b", "--output", "{dir}"], r"--output '.*d' is a folder; expected a file name"),
-    (["phantoms", "chest", "--output", "{file}/p"], r"lies under '.*f.txt', which is a file"),
+    (["phantom", "images", "chest", "--output", "{file}/p"], r"lies under '.*f.txt', which is a file"),
     (["convert", "{emb}", "--to", "a1111", "--output", "{file}/x.pt"], r"lies under '.*f.txt', which is a file"),
     (["make-base", "{file}/b"], r"lies under '.*f.txt', which is a file"),
 ])
@@ -403,7 +403,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, 
 def test_resume_says_what_changed_and_refuses_what_would_make_a_false_header(tmp_path, tiny_base, mixed_folder):
     from dataclasses import replace
 
-    from lowbudget.adapters.files import read_header
+    from lowbudget.adapters.own_files import read_header
 
     recipe = tiny_recipe(mixed_folder, tmp_path / "run", tiny_base, steps=4)
     train(recipe, **QUIET)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from test_cli import run
+from helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -29,7 +29,7 @@ def declared() -> list[Requirement]:
 
 def lock_entries() -> list[tuple[str, str, str]]:
     """(name, version, marker) for every pinned line."""
-    return [(lock._normalise(n), v, m) for n, v, m in lock.PIN.findall(LOCK_TEXT)]
+    return [(lock.normalise(n), v, m) for n, v, m in lock.PIN.findall(LOCK_TEXT)]
 
 
 def locked_for_ci() -> dict[str, str]:
@@ -61,7 +61,7 @@ def test_lock_leaves_torch_and_cuda_libraries_to_the_torch_install():
 def test_every_declared_dependency_is_locked_inside_its_range():
     tested = locked_for_ci()
     for req in declared():
-        name = lock._normalise(req.name)
+        name = lock.normalise(req.name)
         if name == "torch" or (req.marker and not req.marker.evaluate({"python_version": TESTED_PYTHON, "extra": "test"})):
             continue
         assert name in tested, f"{name} is declared but not locked"
@@ -76,7 +76,7 @@ KNOWN_BAD = [("transformers", "5.24.0", "peft", "0.21.2", "transformers 5.24 ref
 
 @pytest.mark.parametrize("name,version,other,other_version,why", KNOWN_BAD)
 def test_no_known_bad_combination_is_inside_the_ranges(name, version, other, other_version, why):
-    ranges = {lock._normalise(r.name): r.specifier for r in declared()}
+    ranges = {lock.normalise(r.name): r.specifier for r in declared()}
     assert not (ranges[name].contains(version) and ranges[other].contains(other_version)), why
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from lowbudget.adapters.files import Provenance, save_embedding
+from lowbudget.adapters.own_files import Provenance, save_embedding
 from lowbudget.sharing.library import add_to_library, read_index, verify_library
 from lowbudget.models import load_base
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import run
+from helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -65,8 +65,8 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
 
 def test_readme_has_the_commands_we_promise():
     commands = " ".join(readme_commands())
-    for verb in ("train", "inspect", "convert", "check-recipe", "phantoms", "make-base", "library add", "library verify",
-                 "generate", "compose", "inpaint", "report", "benchmark", "pretrain-base",
+    for verb in ("train", "inspect", "convert", "check-recipe", "phantom images", "make-base", "library add", "library verify",
+                 "generate", "compose", "inpaint", "phantom report", "phantom benchmark", "phantom pretrain-base",
                  "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier", "doctor",
                  "keys new", "sign", "verify", "share", "library publish", "library pull"):
         assert f"lowbudget {verb}" in commands
@@ -82,8 +82,9 @@ def test_every_readme_command_runs(user_site, monkeypatch, capsys):
             args += SHORT_SAMPLING
         if args[:2] == ["evaluate", "classifier"]:
             args += SHORT_CLASSIFIER
+        verb = args[1] if args[0] == "phantom" else args[0]
         args += {"report": SHORT_REPORT, "benchmark": SHORT_BENCHMARK, "pretrain-base": SHORT_PRETRAINING,
-                 "share": SHORT_SHARE}.get(args[0], [])
+                 "share": SHORT_SHARE}.get(verb, [])
         code, out, err = run(monkeypatch, capsys, *args)
         assert code == 0, f"{line}\n{err}"
 

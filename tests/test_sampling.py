@@ -15,7 +15,7 @@ from lowbudget.sampling.prompts import SubPrompt, parse_prompt
 from lowbudget.sampling.prompts import encode_texts
 from lowbudget.sampling.sampler import Inpainting, SampleRequest, sample, sample_states
 
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 FAST = dict(steps=3, size=32)
 
@@ -186,7 +186,7 @@ def test_generate_writes_regenerable_pngs_and_dicom(monkeypatch, capsys, tmp_pat
 
 
 def test_compose_and_inpaint_from_the_cli(monkeypatch, capsys, tmp_path, tiny_base):
-    from lowbudget.adapters.files import Provenance, save_embedding
+    from lowbudget.adapters.own_files import Provenance, save_embedding
 
     fp = load_base(tiny_base).fingerprint
     for name in ("healthy", "effusion"):

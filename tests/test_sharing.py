@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import load_file
 
 import lowbudget
-from lowbudget.adapters.files import Provenance, read_header, save_embedding
+from lowbudget.adapters.own_files import Provenance, read_header, save_embedding
 from lowbudget.errors import LowbudgetError, SignatureError
 from lowbudget.models import load_base
 from lowbudget.adapters.keys import new_keys
 from lowbudget.sharing.library import add_to_library, read_index, verify_library
 from lowbudget.sharing.remote import PullError, publish, pull
 from lowbudget.adapters.signing import read_signature, sign_file, verify_file
-from test_cli import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 PROV = Provenance("tiny", "f" * 64, modality="chest phantom")
 
@@ -357,8 +357,8 @@ def test_the_release_check_refuses_a_lora_trained_to_copy_its_training_images(tm
 
 
 def test_a_signed_lora_loads_unchanged_in_plain_diffusers(tmp_path, tiny_base, mixed_folder, sites):
-    from conftest import tiny_recipe
-    from lowbudget.adapters.files import LORA_WEIGHT_NAME
+    from helpers import tiny_recipe
+    from lowbudget.adapters.own_files import LORA_WEIGHT_NAME
     from lowbudget.training import train
 
     train(tiny_recipe(mixed_folder, tmp_path / "run", tiny_base, "lora", steps=1), progress=False, log=lambda m: None)

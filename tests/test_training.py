@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lowbudget.adapters.files import read_header
+from lowbudget.adapters.own_files import read_header
 from lowbudget.errors import DataError, TrainingError
 from lowbudget.models import load_base
 from lowbudget.recipe import TokenConfig
 from lowbudget.training import checkpoint, train
 from lowbudget.training.loop import _masked_mse
 
-from conftest import tiny_recipe
+from helpers import tiny_recipe
 
 quiet = dict(progress=False, log=lambda m: None)
 
@@ -37,7 +37,7 @@ def test_textual_inversion_changes_only_the_new_rows(tiny_base, mixed_folder, tm
 
 def test_base_vocabulary_is_bit_for_bit_unchanged_after_training(tiny_base, mixed_folder, tmp_path, monkeypatch):
     """Train with the base loaded once, then compare its token table with a fresh load."""
-    import lowbudget.training.loop as loop
+    import lowbudget.training.setup as setup
 
     loaded = {}
 
@@ -45,7 +45,7 @@ def test_base_vocabulary_is_bit_for_bit_unchanged_after_training(tiny_base, mixe
         loaded["base"] = load_base(*args, **kwargs)
         return loaded["base"]
 
-    monkeypatch.setattr(loop, "load_base", keep)
+    monkeypatch.setattr(setup, "load_base", keep)
     train(tiny_recipe(mixed_folder, tmp_path / "out", tiny_base, "ti", steps=3), **quiet)
     trained_table = loaded["base"].text_encoder.get_input_embeddings().base.weight
     assert torch.equal(trained_table, load_base(tiny_base).text_encoder.get_input_embeddings().weight)
@@ -187,12 +187,12 @@ def test_accumulation_schedule_and_several_tokens(tiny_base, mixed_folder, tmp_p
 
 
 def test_learning_rate_warmup_and_decay():
-    from lowbudget.recipe import OptimConfig
-    from lowbudget.training.loop import _lr_factor
+    from lowbudget.training.schedule import lr_factor
 
-    cfg = OptimConfig(max_steps=10, warmup_steps=2, schedule="linear")
-    factors = [_lr_factor(s, cfg) for s in range(10)]
+    factors = [lr_factor(s, total=10, warmup=2, shape="linear") for s in range(10)]
     assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(1 / 8)
     assert all(a >= b for a, b in zip(factors[1:], factors[2:]))
-    cos = OptimConfig(max_steps=10, schedule="cosine")
-    assert _lr_factor(0, cos) == 1.0 and _lr_factor(5, cos) == pytest.approx(0.5)
+    assert lr_factor(0, total=10, shape="cosine") == 1.0 and lr_factor(5, total=10, shape="cosine") == pytest.approx(0.5)
+    assert [lr_factor(s, total=10, warmup=3, shape="constant") for s in (0, 2, 3, 9)] == [1 / 3, 1.0, 1.0, 1.0]
+    # pretraining's schedule is the same function: warm-up, then cosine to ~0 at the last step
+    assert lr_factor(200, total=1000, warmup=200) == 1.0 and lr_factor(999, total=1000, warmup=200) < 1e-4

@@ -66,11 +66,11 @@ def locked_versions(text: str) -> dict[str, set[str]]:
     """{normalised name: versions} -- one version per marker fork (numpy for 3.11 vs 3.12, say)."""
     out: dict[str, set[str]] = {}
     for name, version, _marker in PIN.findall(text):
-        out.setdefault(_normalise(name), set()).add(version)
+        out.setdefault(normalise(name), set()).add(version)
     return out
 
 
-def _normalise(name: str) -> str:
+def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -80,11 +80,11 @@ def drift(python: str) -> int:
     installed = {}
     for line in freeze.splitlines():
         name, pinned, version = line.partition("==")
-        if pinned and _normalise(name) != "pip":  # pip comes with the venv
-            installed[_normalise(name)] = version
+        if pinned and normalise(name) != "pip":  # pip comes with the venv
+            installed[normalise(name)] = version
     text = LOCK.read_text()
     locked = locked_versions(text)
-    beside = {_normalise(n) for n in re.findall(r"[\w.-]+", text.split("# Left out (installed with torch):")[1].splitlines()[0])}
+    beside = {normalise(n) for n in re.findall(r"[\w.-]+", text.split("# Left out (installed with torch):")[1].splitlines()[0])}
     changed = [(name, "/".join(sorted(locked[name])), version) for name, version in sorted(installed.items())
                if name in locked and version not in locked[name]]
     new = [(name, version) for name, version in sorted(installed.items()) if name not in locked and name not in beside]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbudget.adapters.formats import EmbeddingFile
+from lowbudget.adapters.foreign_layouts import EmbeddingFile
 from lowbudget.adapters.textual_inversion import taken_pieces
 from lowbudget.errors import AdapterError
 from lowbudget.models.base import describe_width, token_table_fingerprint

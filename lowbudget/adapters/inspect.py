@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
-from lowbudget.adapters.files import AUDIT, read_header
-from lowbudget.adapters.formats import embedding_problems, lora_problems, read_embedding, read_lora, triggers
+from lowbudget.adapters.own_files import AUDIT, read_header
+from lowbudget.adapters.foreign_layouts import embedding_problems, lora_problems, read_embedding, read_lora, triggers
 from lowbudget.adapters.load import is_lora_file
 from lowbudget.errors import AdapterError, SignatureError
 from lowbudget.io import sha256_file

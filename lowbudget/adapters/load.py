@@ -18,8 +18,8 @@ from typing import Any, Callable
 from safetensors import safe_open
 
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
-from lowbudget.adapters.files import LORA_WEIGHT_NAME
-from lowbudget.adapters.formats import read_embedding, read_lora
+from lowbudget.adapters.own_files import LORA_WEIGHT_NAME
+from lowbudget.adapters.foreign_layouts import read_embedding, read_lora
 from lowbudget.adapters.signing import check_signature
 from lowbudget.errors import AdapterError, quote
 

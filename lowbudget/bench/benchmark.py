@@ -67,6 +67,20 @@ class BenchmarkConfig:
         return cls(findings=("effusion",), n_eval=16, detector_n=100, quick_mode=True)
 
 
+def benchmark_config(*, quick: bool = False, findings: tuple[str, ...] = (), compose_seeds: int = 0) -> BenchmarkConfig:
+    """The configuration both front doors (``lowbudget phantom benchmark`` and
+    ``benchmarks/phantom_world.py``) run: the full or quick preset, the chosen findings (the first
+    is the one the sweep, downstream, diversity and methods sections study), the compose seeds."""
+    cfg = BenchmarkConfig.quick() if quick else BenchmarkConfig()
+    if findings:
+        cfg = replace(cfg, findings=tuple(findings), sweep_finding=findings[0])
+    if compose_seeds < 0:
+        raise LowbudgetError(f"--compose-seeds {compose_seeds}: expected a positive number of seeds")
+    if compose_seeds:
+        cfg = replace(cfg, compose_seeds=compose_seeds)
+    return cfg
+
+
 def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ...] | None = None,
                   log: Callable[[str], None] = print) -> Path:
     """Run the chosen sections (default: all; quick: detectors and fidelity); returns results.md."""

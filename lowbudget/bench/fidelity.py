@@ -9,7 +9,9 @@ modality prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -94,11 +96,18 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
 
 
 def train_finding(spec: TokenSpec, output: Path, base: str = "", log: Callable[[str], None] = lambda s: None) -> list[Path]:
-    """Train ``spec`` into ``output`` (or reuse a finished run there); returns the adapter files."""
-    done = sorted(Path(output).glob("*.safetensors"))
+    """Train ``spec`` under ``output`` (or reuse a finished run of the same spec and base there);
+    returns the adapter files.
+
+    Each spec has its own folder, ``output/spec-<hash of the spec and base>``: sections that ask
+    for the same token share one run, and a changed setting never picks up another's files.
+    """
+    key = hashlib.sha256(json.dumps([asdict(spec), str(base)], sort_keys=True).encode()).hexdigest()[:12]
+    run = Path(output) / f"spec-{key}"
+    done = sorted(run.glob("*.safetensors"))
     if done:  # adapters are written last, atomically: their presence means the run finished
         return done
-    files = train(token_recipe(spec, output, base), progress=False, log=log).files
+    files = train(token_recipe(spec, run, base), progress=False, log=log).files
     return [p for p in files if p.suffix == ".safetensors"]  # not the loss chart
 
 

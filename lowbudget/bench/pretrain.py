@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from lowbudget.io import atomic_write, atomic_write_text
 from lowbudget.models.architectures import PHANTOM, build_components, save_components
 from lowbudget.models.packed import pack_base
 from lowbudget.phantoms.world import generate
+from lowbudget.training.schedule import lr_factor
 
 
 
@@ -116,7 +116,7 @@ def _train_vae(vae, pixels: torch.Tensor, cfg: PretrainConfig, output: Path, sta
     t0 = time.time()
     for step in range(start, cfg.vae_steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * _cosine(step, cfg.vae_steps, cfg.warmup)
+            group["lr"] = cfg.vae_lr * lr_factor(step, total=cfg.vae_steps, warmup=cfg.warmup)
         x = pixels[torch.randint(len(pixels), (cfg.vae_batch,), generator=gen)]  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
@@ -165,7 +165,7 @@ def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: li
     text_encoder.train()
     t0 = time.time()
     for step in range(start, cfg.unet_steps):
-        factor = _cosine(step, cfg.unet_steps, cfg.warmup)
+        factor = lr_factor(step, total=cfg.unet_steps, warmup=cfg.warmup)
         for group, base_lr in zip(opt.param_groups, (cfg.unet_lr, cfg.text_lr)):
             group["lr"] = base_lr * factor
         idx = torch.randint(len(captions), (cfg.unet_batch,), generator=gen)  # (B,)
@@ -196,12 +196,6 @@ def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: li
                                  "ema_unet": ema["unet"].state_dict(), "ema_text_encoder": ema["text_encoder"].state_dict()})
     parts["unet"].load_state_dict(ema["unet"].state_dict())
     parts["text_encoder"].load_state_dict(ema["text_encoder"].state_dict())
-
-
-def _cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _save_state(output: Path, state: dict) -> None:

@@ -1,14 +1,16 @@
-"""The Typer application, its error boundary, and the helpers every command group shares."""
+"""The Typer application: its command groups, registered here in the order ``--help`` shows
+them, and its one error boundary (:func:`main`)."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
+from typing import Annotated
 
 import typer
 
+from lowbudget.cli import environment, evaluation, phantom_world, sampling, sharing, training
 from lowbudget.errors import LowbudgetError, one_line, os_error
 
 # transformers logs at import time (image processors without torchvision) and every command
@@ -22,59 +24,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-library_app = typer.Typer(help="The shared adapter library (embeddings/ and its index.json).", no_args_is_help=True)
-app.add_typer(library_app, name="library")
-
-keys_app = typer.Typer(help="Your site's signing keys.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-
-evaluate_app = typer.Typer(help="Evaluate synthetic images: diversity, realism, classifier, memorisation.",
-                           no_args_is_help=True)
-app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(training.commands)        # train, check-recipe, make-base, inspect, convert
+app.add_typer(sampling.commands)        # generate, compose, inpaint
+app.add_typer(sharing.commands)         # sign, verify, share
+app.add_typer(sharing.library_app, name="library")
+app.add_typer(sharing.keys_app, name="keys")
+app.add_typer(evaluation.evaluate_app, name="evaluate")
+app.add_typer(phantom_world.phantom_app, name="phantom")
+app.add_typer(phantom_world.aliases)    # the phantom commands' old top-level names, hidden
+app.add_typer(environment.commands)     # doctor
 
 _state = {"debug": False}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False) -> None:
     _state["debug"] = debug
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise LowbudgetError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
-
-
-def parse_weights(text: str) -> list[float]:
-    try:
-        values = [float(s) for s in text.split(",")]
-    except ValueError:
-        raise LowbudgetError(f"--weights {text!r} must be comma-separated numbers, e.g. 0.6,0.4") from None
-    if not all(math.isfinite(v) for v in values):
-        raise LowbudgetError(f"--weights {text!r} must be finite numbers (no nan or inf)")
-    return values
-
-
-OVERWRITE = typer.Option(False, "--overwrite", help="Write even where the output holds files lowbudget did not write.")
-
-
-def info(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def quiet_libraries() -> None:
-    """diffusers/transformers log loader chatter that means nothing to our users."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
 
 
 class Stopped(BaseException):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from lowbudget.cli.app import app, quiet_libraries
+from lowbudget.cli.common import quiet_libraries
 
 
-@app.command()
+commands = typer.Typer()
+
+
+@commands.command()
 def doctor() -> None:
     """Check the installed packages, the device and the operations training needs; exit 1 if any fails."""
     quiet_libraries()

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.app import OVERWRITE, evaluate_app, info, parse_seeds
+from lowbudget.cli.common import Overwrite, info, parse_seeds
 
 
-_OUT = typer.Option(Path("runs/evaluation"), "--output", "-o", help="Folder for <part>.json, <part>.md and PNGs.")
-_EXTRACTOR = typer.Option(None, "--extractor", help="Feature extractor: TorchScript file, or .safetensors with --architecture.")
-_ARCH = typer.Option(None, "--architecture", help="Network of a .safetensors extractor: resnet18.")
-_INPUT = typer.Option(299, "--input-size", help="Extractor input size in pixels (299 for InceptionV3, 224 for DenseNet).")
+evaluate_app = typer.Typer(help="Evaluate synthetic images: diversity, realism, classifier, memorisation.",
+                          no_args_is_help=True)
+
+
+_Out = Annotated[Path, typer.Option("--output", "-o", help="Folder for <part>.json, <part>.md and PNGs.")]
+_Extractor = Annotated[Optional[Path], typer.Option("--extractor", help="Feature extractor: TorchScript file, or .safetensors with --architecture.")]
+_Arch = Annotated[Optional[str], typer.Option("--architecture", help="Network of a .safetensors extractor: resnet18.")]
+_Input = Annotated[int, typer.Option("--input-size", help="Extractor input size in pixels (299 for InceptionV3, 224 for DenseNet).")]
 
 
 @evaluate_app.command("diversity")
 def evaluate_diversity(
-    generated: Path = typer.Option(..., "--generated", help="Generated images (grouped by stored prompt, else 4 at a time)."),
-    real: Optional[Path] = typer.Option(None, "--real", help="Real images for the reference score."),
-    size: int = typer.Option(256, "--size", help="Images are compared at this size (grayscale)."),
-    output: Path = _OUT, overwrite: bool = OVERWRITE,
+    generated: Annotated[Path, typer.Option("--generated",
+        help="Generated images (grouped by stored prompt, else 4 at a time).")],
+    real: Annotated[Optional[Path], typer.Option("--real", help="Real images for the reference score.")] = None,
+    size: Annotated[int, typer.Option("--size", help="Images are compared at this size (grayscale).")] = 256,
+    output: _Out = Path("runs/evaluation"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Within-prompt MS-SSIM (4 images, 6 pairs, grayscale, data range 1.0) of generated vs real."""
     from lowbudget.evaluate.diversity import diversity
@@ -32,9 +38,13 @@ def evaluate_diversity(
 
 @evaluate_app.command("realism")
 def evaluate_realism(
-    real: Path = typer.Option(..., "--real"), generated: Path = typer.Option(..., "--generated"),
-    extractor: Optional[Path] = _EXTRACTOR, architecture: Optional[str] = _ARCH, input_size: int = _INPUT,
-    output: Path = _OUT, overwrite: bool = OVERWRITE,
+    real: Annotated[Path, typer.Option("--real")],
+    generated: Annotated[Path, typer.Option("--generated")],
+    extractor: _Extractor = None,
+    architecture: _Arch = None,
+    input_size: _Input = 299,
+    output: _Out = Path("runs/evaluation"),
+    overwrite: Overwrite = False,
 ) -> None:
     """FID and KID between real and generated images, with your feature extractor."""
     from lowbudget.evaluate.realism import load_extractor, realism
@@ -46,15 +56,19 @@ def evaluate_realism(
 
 @evaluate_app.command("classifier")
 def evaluate_classifier(
-    real: Path = typer.Option(..., "--real", help="Real images, one sub-folder per class (or --labels)."),
-    synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic images, same classes."),
-    test: Optional[Path] = typer.Option(None, "--test", help="Real test images (default: 20% of --real, held out)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with file_name,label for --real instead of sub-folders."),
-    steps: int = typer.Option(2000, "--steps"), size: int = typer.Option(128, "--size"),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
-    width: int = typer.Option(64, "--width", help="ResNet-18 base width (64 = standard)."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from these .safetensors weights."),
-    output: Path = _OUT, overwrite: bool = OVERWRITE,
+    real: Annotated[Path, typer.Option("--real", help="Real images, one sub-folder per class (or --labels).")],
+    synthetic: Annotated[Optional[Path], typer.Option("--synthetic", help="Synthetic images, same classes.")] = None,
+    test: Annotated[Optional[Path], typer.Option("--test",
+        help="Real test images (default: 20% of --real, held out).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels",
+        help="CSV with file_name,label for --real instead of sub-folders.")] = None,
+    steps: Annotated[int, typer.Option("--steps")] = 2000,
+    size: Annotated[int, typer.Option("--size")] = 128,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
+    width: Annotated[int, typer.Option("--width", help="ResNet-18 base width (64 = standard).")] = 64,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from these .safetensors weights.")] = None,
+    output: _Out = Path("runs/evaluation"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a ResNet-18 on real / real+synthetic / synthetic; test AUC mean +- std over seeds."""
     from lowbudget.evaluate.classifier import ClassifierConfig, downstream
@@ -70,11 +84,15 @@ def evaluate_classifier(
 
 @evaluate_app.command("memorisation")
 def evaluate_memorisation(
-    generated: Path = typer.Option(..., "--generated"),
-    training: Path = typer.Option(..., "--training", help="The images the adapter was trained on."),
-    extractor: Optional[Path] = _EXTRACTOR, architecture: Optional[str] = _ARCH, input_size: int = _INPUT,
-    percentile: float = typer.Option(1.0, "--percentile", help="Flag below this percentile of real-to-real distances."),
-    output: Path = _OUT, overwrite: bool = OVERWRITE,
+    generated: Annotated[Path, typer.Option("--generated")],
+    training: Annotated[Path, typer.Option("--training", help="The images the adapter was trained on.")],
+    extractor: _Extractor = None,
+    architecture: _Arch = None,
+    input_size: _Input = 299,
+    percentile: Annotated[float, typer.Option("--percentile",
+        help="Flag below this percentile of real-to-real distances.")] = 1.0,
+    output: _Out = Path("runs/evaluation"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Nearest training image of each generated image; flagged near-copies and their fraction."""
     from lowbudget.evaluate.memorisation import memorisation
@@ -88,11 +106,15 @@ def evaluate_memorisation(
 
 @evaluate_app.command("all")
 def evaluate_all(
-    real: Path = typer.Option(..., "--real", help="Real images (the training images, for the memorisation audit)."),
-    generated: Path = typer.Option(..., "--generated", help="Generated images."),
-    extractor: Optional[Path] = _EXTRACTOR, architecture: Optional[str] = _ARCH, input_size: int = _INPUT,
-    steps: int = typer.Option(2000, "--steps", help="Classifier step budget."),
-    output: Path = _OUT, overwrite: bool = OVERWRITE,
+    real: Annotated[Path, typer.Option("--real",
+        help="Real images (the training images, for the memorisation audit).")],
+    generated: Annotated[Path, typer.Option("--generated", help="Generated images.")],
+    extractor: _Extractor = None,
+    architecture: _Arch = None,
+    input_size: _Input = 299,
+    steps: Annotated[int, typer.Option("--steps", help="Classifier step budget.")] = 2000,
+    output: _Out = Path("runs/evaluation"),
+    overwrite: Overwrite = False,
 ) -> None:
     """All four parts. The classifier part runs when both folders have one sub-folder per class."""
     from lowbudget.errors import DataError

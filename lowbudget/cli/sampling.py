@@ -3,42 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.app import OVERWRITE, app, info, parse_seeds, parse_weights, quiet_libraries
+from lowbudget.cli.common import Overwrite, info, parse_seeds, parse_weights, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
-_BASE = typer.Option(None, "--base", help="Base model (diffusers folder or .safetensors); default: the embedded base.")
-_ADAPTERS = typer.Option([], "--adapter", help="Embedding or LoRA file to load (repeatable).")
-_SEEDS = typer.Option("0,1,2,3", "--seeds", help="Comma-separated seeds: one image (or row) per seed.")
-_STEPS = typer.Option(30, "--steps", help="Sampler steps.")
-_GUIDANCE = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale.")
-_SCHEDULER = typer.Option("ddim", "--scheduler", help="ddim | dpm++ | euler | pndm")
-_NEGATIVE = typer.Option("", "--negative", help="Negative prompt (the unconditional branch).")
-_SIZE = typer.Option(None, "--size", help="Image size in pixels (default: the base's native size).")
-_TRUST = typer.Option(None, "--trust", help="Folder of trusted public keys (<site>.pub): signed adapters must verify.")
-_REQUIRE = typer.Option(False, "--require-signature", help="Refuse adapters not signed by a key in --trust.")
+commands = typer.Typer()
+
+
+_Base = Annotated[Optional[str], typer.Option("--base", help="Base model (diffusers folder or .safetensors); default: the embedded base.")]
+_Adapters = Annotated[list[Path], typer.Option("--adapter", help="Embedding or LoRA file to load (repeatable).")]
+_Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds: one image (or row) per seed.")]
+_Steps = Annotated[int, typer.Option("--steps", help="Sampler steps.")]
+_Guidance = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")]
+_Scheduler = Annotated[str, typer.Option("--scheduler", help="ddim | dpm++ | euler | pndm")]
+_Negative = Annotated[str, typer.Option("--negative", help="Negative prompt (the unconditional branch).")]
+_Size = Annotated[Optional[int], typer.Option("--size", help="Image size in pixels (default: the base's native size).")]
+_Trust = Annotated[Optional[Path], typer.Option("--trust", help="Folder of trusted public keys (<site>.pub): signed adapters must verify.")]
+_Require = Annotated[bool, typer.Option("--require-signature", help="Refuse adapters not signed by a key in --trust.")]
 
 
 def _sampling_options(steps: int, guidance: float, scheduler: str, negative: str, size: Optional[int]) -> dict:
     return {"steps": steps, "guidance": guidance, "scheduler": scheduler, "negative_prompt": negative, "size": size}
 
 
-@app.command()
+@commands.command()
 def generate(
-    prompt: str = typer.Argument(..., help="Prompt; compose with 'a :0.3 AND b :0.7'."),
-    base: Optional[str] = _BASE, adapters: list[Path] = _ADAPTERS,
-    trust: Optional[Path] = _TRUST, require_signature: bool = _REQUIRE,
-    n: int = typer.Option(4, "-n", help="Number of images (seeds seed, seed+1, ...)."),
-    seed: int = typer.Option(0, "--seed", help="First seed."),
-    output: Path = typer.Option(Path("runs/generated"), "--output", "-o", help="Output folder."),
-    fmt: str = typer.Option("png", "--format", help="png | dicom (Secondary Capture marked synthetic)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per U-Net call."),
-    steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE, overwrite: bool = OVERWRITE,
+    prompt: Annotated[str, typer.Argument(help="Prompt; compose with 'a :0.3 AND b :0.7'.")],
+    base: _Base = None,
+    adapters: _Adapters = [],
+    trust: _Trust = None,
+    require_signature: _Require = False,
+    n: Annotated[int, typer.Option("-n", help="Number of images (seeds seed, seed+1, ...).")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="First seed.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("runs/generated"),
+    fmt: Annotated[str, typer.Option("--format", help="png | dicom (Secondary Capture marked synthetic).")] = "png",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per U-Net call.")] = 4,
+    steps: _Steps = 30,
+    guidance: _Guidance = 7.5,
+    scheduler: _Scheduler = "ddim",
+    negative: _Negative = "",
+    size: _Size = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Generate images; each PNG carries the parameters that regenerate it."""
     from lowbudget.io import output_folder
@@ -65,21 +74,32 @@ def generate(
     info(f"wrote {len(seeds)} image(s) and grid.png to {output}")
 
 
-@app.command()
+@commands.command()
 def compose(
-    adapters: list[Path] = _ADAPTERS, base: Optional[str] = _BASE,
-    trust: Optional[Path] = _TRUST, require_signature: bool = _REQUIRE,
-    interpolate: Optional[list[str]] = typer.Option(None, "--interpolate", help="Two components A B (give twice).",
-                                                    show_default=False),
-    combine: Optional[list[str]] = typer.Option(None, "--combine", help="Components to combine (repeatable)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weight per --combine component."),
-    n_weights: int = typer.Option(5, "--weight-steps", help="Interpolation: number of weights from A to B."),
-    method: str = typer.Option("and", "--method", help="and (prompt-level, the paper's) | lerp | slerp (embedding-level)"),
-    template: str = typer.Option("{}", "--template", help="Prompt around each component, e.g. 'a chest x-ray with {}'."),
-    seeds: str = _SEEDS,
-    output: Path = typer.Option(Path("runs/compose.png"), "--output", "-o", help="Output PNG (strip or grid)."),
-    steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE, overwrite: bool = OVERWRITE,
+    adapters: _Adapters = [],
+    base: _Base = None,
+    trust: _Trust = None,
+    require_signature: _Require = False,
+    interpolate: Annotated[Optional[list[str]], typer.Option("--interpolate",
+        help="Two components A B (give twice).", show_default=False)] = None,
+    combine: Annotated[Optional[list[str]], typer.Option("--combine",
+        help="Components to combine (repeatable).")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights",
+        help="Comma-separated weight per --combine component.")] = None,
+    n_weights: Annotated[int, typer.Option("--weight-steps", help="Interpolation: number of weights from A to B.")] = 5,
+    method: Annotated[str, typer.Option("--method",
+        help="and (prompt-level, the paper's) | lerp | slerp (embedding-level)")] = "and",
+    template: Annotated[str, typer.Option("--template",
+        help="Prompt around each component, e.g. 'a chest x-ray with {}'.")] = "{}",
+    seeds: _Seeds = "0,1,2,3",
+    output: Annotated[Path, typer.Option("--output", "-o",
+        help="Output PNG (strip or grid).")] = Path("runs/compose.png"),
+    steps: _Steps = 30,
+    guidance: _Guidance = 7.5,
+    scheduler: _Scheduler = "ddim",
+    negative: _Negative = "",
+    size: _Size = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Interpolate between two components (a strip) or combine several (a grid)."""
     from lowbudget.io import output_file
@@ -104,21 +124,30 @@ def compose(
     info(f"wrote {output} ({images.shape[0]} rows x {images.shape[1]} columns)")
 
 
-@app.command()
+@commands.command()
 def inpaint(
-    image: Path = typer.Argument(..., help="Input image (PNG/JPEG/TIFF or DICOM)."),
-    prompt: str = typer.Option(..., "--prompt", help="What to paint inside the mask; may compose with AND."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Mask PNG (white = repaint)."),
-    box: Optional[str] = typer.Option(None, "--box", help="Or a box x0,y0,x1,y1 in pixels of the working size."),
-    base: Optional[str] = _BASE, adapters: list[Path] = _ADAPTERS,
-    trust: Optional[Path] = _TRUST, require_signature: bool = _REQUIRE,
-    feather_px: int = typer.Option(8, "--feather", help="Soft edge width in pixels."),
-    strength: float = typer.Option(1.0, "--strength", help="1 = repaint from noise; lower keeps more of the input."),
-    paste_back: bool = typer.Option(False, "--paste-back", help="Pixels outside the feathered mask stay the input's exactly."),
-    seed: int = typer.Option(0, "--seed"),
-    output: Path = typer.Option(Path("runs/inpainted.png"), "--output", "-o"),
-    steps: int = _STEPS, guidance: float = _GUIDANCE, scheduler: str = _SCHEDULER, negative: str = _NEGATIVE,
-    size: Optional[int] = _SIZE, overwrite: bool = OVERWRITE,
+    image: Annotated[Path, typer.Argument(help="Input image (PNG/JPEG/TIFF or DICOM).")],
+    prompt: Annotated[str, typer.Option("--prompt", help="What to paint inside the mask; may compose with AND.")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="Mask PNG (white = repaint).")] = None,
+    box: Annotated[Optional[str], typer.Option("--box",
+        help="Or a box x0,y0,x1,y1 in pixels of the working size.")] = None,
+    base: _Base = None,
+    adapters: _Adapters = [],
+    trust: _Trust = None,
+    require_signature: _Require = False,
+    feather_px: Annotated[int, typer.Option("--feather", help="Soft edge width in pixels.")] = 8,
+    strength: Annotated[float, typer.Option("--strength",
+        help="1 = repaint from noise; lower keeps more of the input.")] = 1.0,
+    paste_back: Annotated[bool, typer.Option("--paste-back",
+        help="Pixels outside the feathered mask stay the input's exactly.")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/inpainted.png"),
+    steps: _Steps = 30,
+    guidance: _Guidance = 7.5,
+    scheduler: _Scheduler = "ddim",
+    negative: _Negative = "",
+    size: _Size = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Inpaint a finding into a region of an image (any base; SD inpainting checkpoints natively)."""
     from lowbudget.io import output_file

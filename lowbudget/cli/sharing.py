@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.app import OVERWRITE, app, info, keys_app, library_app, quiet_libraries
+from lowbudget.cli.common import Overwrite, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
-_TRUST = typer.Option(None, "--trust", help="Folder of trusted public keys (<site>.pub).")
+
+commands = typer.Typer()
+keys_app = typer.Typer(help="Your site's signing keys.", no_args_is_help=True)
+library_app = typer.Typer(help="The shared adapter library (embeddings/ and its index.json).", no_args_is_help=True)
+
+_Trust = Annotated[Optional[Path], typer.Option("--trust", help="Folder of trusted public keys (<site>.pub).")]
 
 
 @keys_app.command("new")
 def keys_new(
-    site: str = typer.Option(..., "--site", help="Your site's name, e.g. hospital-a (names the key files)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for <site>.key (private, 0600) and <site>.pub."),
+    site: Annotated[str, typer.Option("--site", help="Your site's name, e.g. hospital-a (names the key files).")],
+    output: Annotated[Path, typer.Option("--output", "-o",
+        help="Folder for <site>.key (private, 0600) and <site>.pub.")],
 ) -> None:
     """Make an ed25519 key pair: keep <site>.key, hand <site>.pub to the sites you share with."""
     from lowbudget.adapters.keys import load_public_key, new_keys
@@ -26,15 +32,16 @@ def keys_new(
          f"key id {load_public_key(public).key_id}")
 
 
-@app.command()
+@commands.command()
 def sign(
-    file: Path = typer.Argument(..., help="Adapter .safetensors file (an embedding, or a LoRA's weights file)."),
-    key: Path = typer.Option(..., "--key", help="Your private key (<site>.key from `lowbudget keys new`)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the signed file here (default: in place)."),
-    overwrite: bool = OVERWRITE,
+    file: Annotated[Path, typer.Argument(help="Adapter .safetensors file (an embedding, or a LoRA's weights file).")],
+    key: Annotated[Path, typer.Option("--key", help="Your private key (<site>.key from `lowbudget keys new`).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+        help="Write the signed file here (default: in place).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Sign an adapter file: the signature in its header covers every tensor and metadata field."""
-    from lowbudget.adapters.files import read_header
+    from lowbudget.adapters.own_files import read_header
     from lowbudget.io import output_file
     from lowbudget.adapters.signing import sign_file
 
@@ -47,10 +54,10 @@ def sign(
     info(f"signed {output or file} as '{signed.signer}' (key {signed.key_id})")
 
 
-@app.command()
+@commands.command()
 def verify(
-    files: list[Path] = typer.Argument(..., help="Signed adapter files."),
-    trust: Path = typer.Option(..., "--trust", help="Folder of trusted public keys (<site>.pub)."),
+    files: Annotated[list[Path], typer.Argument(help="Signed adapter files.")],
+    trust: Annotated[Path, typer.Option("--trust", help="Folder of trusted public keys (<site>.pub).")],
 ) -> None:
     """Check that each file is signed by a trusted key and unchanged since."""
     from lowbudget.adapters.signing import verify_file
@@ -60,18 +67,22 @@ def verify(
         typer.echo(f"{file}: signed by '{signed.signer}' (key {signed.key_id}), unchanged")
 
 
-@app.command()
+@commands.command()
 def share(
-    adapter: Path = typer.Argument(..., help="The adapter to release: an embedding, or a LoRA folder or file."),
-    training: Path = typer.Option(..., "--training", help="The images it was trained on (for the memorisation audit)."),
-    key: Path = typer.Option(..., "--key", help="Your private key (<site>.key)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the signed adapter and the audit report."),
-    base: Optional[str] = typer.Option(None, "--base", help="The base it was trained on (default: the embedded base)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="What to sample (default: its recipe's first caption template)."),
-    samples: int = typer.Option(64, "--samples", help="Images sampled for the audit."),
-    threshold: float = typer.Option(0.05, "--threshold", help="Largest fraction of near-copies that is released."),
-    steps: int = typer.Option(25, "--steps", help="Sampler steps per image."),
-    overwrite: bool = OVERWRITE,
+    adapter: Annotated[Path, typer.Argument(help="The adapter to release: an embedding, or a LoRA folder or file.")],
+    training: Annotated[Path, typer.Option("--training",
+        help="The images it was trained on (for the memorisation audit).")],
+    key: Annotated[Path, typer.Option("--key", help="Your private key (<site>.key).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the signed adapter and the audit report.")],
+    base: Annotated[Optional[str], typer.Option("--base",
+        help="The base it was trained on (default: the embedded base).")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt",
+        help="What to sample (default: its recipe's first caption template).")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Images sampled for the audit.")] = 64,
+    threshold: Annotated[float, typer.Option("--threshold",
+        help="Largest fraction of near-copies that is released.")] = 0.05,
+    steps: Annotated[int, typer.Option("--steps", help="Sampler steps per image.")] = 25,
+    overwrite: Overwrite = False,
 ) -> None:
     """Release check: sample, audit against the training images, and sign only what passes."""
     from lowbudget.models import load_base
@@ -87,12 +98,14 @@ def share(
 
 @library_app.command("add")
 def library_add(
-    file: Path = typer.Argument(..., help="Embedding file to add."),
-    library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
-    base: str = typer.Option("embedded", "--base", help="The base it was trained on ('embedded' or a model name/path)."),
-    description: str = typer.Option("", "--description", help="One line (default: the file's own)."),
-    trust: Optional[Path] = _TRUST,
-    require_signature: bool = typer.Option(False, "--require-signature", help="Refuse a file not signed by a key in --trust."),
+    file: Annotated[Path, typer.Argument(help="Embedding file to add.")],
+    library: Annotated[Path, typer.Option("--library", help="Library folder.")] = Path("embeddings"),
+    base: Annotated[str, typer.Option("--base",
+        help="The base it was trained on ('embedded' or a model name/path).")] = "embedded",
+    description: Annotated[str, typer.Option("--description", help="One line (default: the file's own).")] = "",
+    trust: _Trust = None,
+    require_signature: Annotated[bool, typer.Option("--require-signature",
+        help="Refuse a file not signed by a key in --trust.")] = False,
 ) -> None:
     """Copy an embedding into the library and add it to index.json."""
     from lowbudget.sharing.library import add_to_library
@@ -105,8 +118,8 @@ def library_add(
 
 @library_app.command("verify")
 def library_verify(
-    library: Path = typer.Option(Path("embeddings"), "--library", help="Library folder."),
-    trust: Optional[Path] = _TRUST,
+    library: Annotated[Path, typer.Option("--library", help="Library folder.")] = Path("embeddings"),
+    trust: _Trust = None,
 ) -> None:
     """Check every checksum in index.json, that every file loads on its base, and with --trust every signature."""
     from lowbudget.sharing.library import read_index, verify_library
@@ -123,10 +136,11 @@ def library_verify(
 
 @library_app.command("publish")
 def library_publish(
-    library: Path = typer.Argument(..., help="Library folder to publish."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to serve (index.json, adapters, keys/)."),
-    keys: Optional[Path] = typer.Option(None, "--keys", help="Folder with the signers' <site>.pub; every entry must verify."),
-    overwrite: bool = OVERWRITE,
+    library: Annotated[Path, typer.Argument(help="Library folder to publish.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to serve (index.json, adapters, keys/).")],
+    keys: Annotated[Optional[Path], typer.Option("--keys",
+        help="Folder with the signers' <site>.pub; every entry must verify.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Lay out a library as static files any web server can host."""
     from lowbudget.sharing.remote import publish
@@ -138,11 +152,12 @@ def library_publish(
 
 @library_app.command("pull")
 def library_pull(
-    source: str = typer.Argument(..., help="URL (http/https) or folder of a published library."),
-    into: Path = typer.Option(..., "--into", help="Local library folder (created if missing)."),
-    trust: Optional[Path] = _TRUST,
-    base: Optional[str] = typer.Option(None, "--base", help="Local base: entries of another text width are skipped."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the server, per request."),
+    source: Annotated[str, typer.Argument(help="URL (http/https) or folder of a published library.")],
+    into: Annotated[Path, typer.Option("--into", help="Local library folder (created if missing).")],
+    trust: _Trust = None,
+    base: Annotated[Optional[str], typer.Option("--base",
+        help="Local base: entries of another text width are skipped.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the server, per request.")] = 30.0,
 ) -> None:
     """Fetch a published library: sha256, signatures (--trust) and fit are checked before anything lands."""
     from lowbudget.models import load_base

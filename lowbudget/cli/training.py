@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.app import OVERWRITE, app, info, quiet_libraries
+from lowbudget.cli.common import Overwrite, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
-@app.command()
+commands = typer.Typer()
+
+
+@commands.command()
 def train(
-    recipe: Path = typer.Argument(..., help="Training recipe (TOML), e.g. recipes/chest-xray/sd15-ti.toml."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: diffusers folder or .safetensors file."),
-    data: Optional[str] = typer.Option(None, "--data", help="Folder of training images."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override optim.max_steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
-    overrides: list[str] = typer.Option([], "--set", help="Override any recipe value: --set optim.lr_ti=0.01 (repeatable)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    overwrite: bool = OVERWRITE,
+    recipe: Annotated[Path, typer.Argument(help="Training recipe (TOML), e.g. recipes/chest-xray/sd15-ti.toml.")],
+    base: Annotated[Optional[str], typer.Option("--base",
+        help="Base model: diffusers folder or .safetensors file.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Folder of training images.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Override optim.max_steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume",
+        help="Continue the run in --output from its last checkpoint.")] = False,
+    overrides: Annotated[list[str], typer.Option("--set",
+        help="Override any recipe value: --set optim.lr_ti=0.01 (repeatable).")] = [],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a textual-inversion embedding, a LoRA, or both, as the recipe says."""
     from lowbudget.recipe import load_recipe, parse_override
@@ -40,12 +46,14 @@ def train(
         info(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
 
-@app.command()
+@commands.command()
 def inspect(
-    files: list[Path] = typer.Argument(..., help="Adapter files: embeddings (any layout) or LoRA .safetensors."),
-    base: Optional[str] = typer.Option(None, "--base", help="Also check whether each file fits this base model."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-    trust: Optional[Path] = typer.Option(None, "--trust", help="Also check signatures against this folder of public keys."),
+    files: Annotated[list[Path], typer.Argument(help="Adapter files: embeddings (any layout) or LoRA .safetensors.")],
+    base: Annotated[Optional[str], typer.Option("--base",
+        help="Also check whether each file fits this base model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    trust: Annotated[Optional[Path], typer.Option("--trust",
+        help="Also check signatures against this folder of public keys.")] = None,
 ) -> None:
     """Show an adapter file's metadata, shapes, norms, size and sha256 (and fit to a base)."""
     from lowbudget.adapters.inspect import describe, format_report, to_json
@@ -63,14 +71,17 @@ def inspect(
         raise typer.Exit(1)
 
 
-@app.command()
+@commands.command()
 def convert(
-    file: Path = typer.Argument(..., help="Embedding file in any layout (diffusers, A1111 .pt, kohya, SDXL)."),
-    to: str = typer.Option(..., "--to", help="diffusers | a1111 | kohya | comfyui"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: beside FILE)."),
-    token: Optional[str] = typer.Option(None, "--token", help="Token name to store (default: the file's own)."),
-    width: Optional[int] = typer.Option(None, "--width", help="SDXL files: keep the part of this width (768 or 1280)."),
-    overwrite: bool = OVERWRITE,
+    file: Annotated[Path, typer.Argument(help="Embedding file in any layout (diffusers, A1111 .pt, kohya, SDXL).")],
+    to: Annotated[str, typer.Option("--to", help="diffusers | a1111 | kohya | comfyui")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+        help="Output file (default: beside FILE).")] = None,
+    token: Annotated[Optional[str], typer.Option("--token",
+        help="Token name to store (default: the file's own).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width",
+        help="SDXL files: keep the part of this width (768 or 1280).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI.
 
@@ -78,7 +89,7 @@ def convert(
     FILE), because A1111, kohya and ComfyUI trigger an embedding by its file name.
     """
     from lowbudget.adapters.compat import check_not_a_word
-    from lowbudget.adapters.formats import default_output, naming_notes, read_embedding, triggers, write_embedding
+    from lowbudget.adapters.foreign_layouts import default_output, naming_notes, read_embedding, triggers, write_embedding
     from lowbudget.io import output_file
     from lowbudget.models.tokenizer import clip_tokenizer
 
@@ -96,8 +107,10 @@ def convert(
         info(f"note: {note}")
 
 
-@app.command("check-recipe")
-def check_recipe(recipes: list[Path] = typer.Argument(..., help="Recipe files to validate.")) -> None:
+@commands.command("check-recipe")
+def check_recipe(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to validate.")],
+) -> None:
     """Validate recipes and print each one resolved (every default filled in)."""
     from lowbudget.recipe import load_recipe
 
@@ -106,11 +119,11 @@ def check_recipe(recipes: list[Path] = typer.Argument(..., help="Recipe files to
         typer.echo(f"# {path}: ok\n{resolved.to_toml()}")
 
 
-@app.command("make-base")
+@commands.command("make-base")
 def make_base(
-    output: Path = typer.Argument(..., help="Folder to write the diffusers model into (must not exist)."),
-    shape: str = typer.Option("tiny", "--shape", help="tiny | sd15 | sd21 (random weights, real shapes)."),
-    seed: int = typer.Option(0, "--seed"),
+    output: Annotated[Path, typer.Argument(help="Folder to write the diffusers model into (must not exist).")],
+    shape: Annotated[str, typer.Option("--shape", help="tiny | sd15 | sd21 (random weights, real shapes).")] = "tiny",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write a random-weight Stable Diffusion folder (for tests and speed benchmarks)."""
     from lowbudget.io import output_folder

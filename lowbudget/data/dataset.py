@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from lowbudget.data.captions import METADATA_FILE, caption_for, resolve_caption_source
-from lowbudget.data.readers import ImageNote, UnreadableImage, image_kind, read_image_scaled
-from lowbudget.errors import DataError, quote
+from lowbudget.data.readers import ImageNote, UnreadableImage, image_kind, read_image_scaled, read_mask
+from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
 
 
@@ -59,7 +59,7 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     if mask_dir is not None and not mask_dir.is_dir():
         raise DataError(f"data.mask_dir '{mask_dir}' does not exist or is not a folder")
 
-    candidates, skipped = _candidate_files(folder, exclude=mask_dir)
+    candidates, skipped = image_files(folder, exclude=mask_dir)
     for path, reason in skipped:
         warn(f"skipping {path}: {reason}")
     if cfg.max_images:
@@ -96,9 +96,10 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped)
 
 
-def _candidate_files(folder: Path, exclude: Path | None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under ``folder``, and those named like images that are not regular files
-    (a FIFO, a socket, a dangling link or a link loop): reported, never opened."""
+def image_files(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under ``folder`` (sorted; hidden files and folders and ``exclude`` left out),
+    and those named like images that are not regular files (a FIFO, a socket, a dangling link or
+    a link loop) with the reason: reported, never opened."""
     files, odd = [], []
     excluded = exclude.resolve() if exclude is not None else None
     for path in sorted(folder.rglob("*")):
@@ -121,10 +122,9 @@ def _read_mask(mask_dir: Path, image_path: Path, cfg: DataConfig) -> np.ndarray:
     if not mask_path.is_file():
         raise UnreadableImage(f"no loss mask {mask_path}")
     try:
-        with Image.open(mask_path) as img:
-            mask = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise UnreadableImage(f"loss mask {mask_path} is not a readable image ({quote(exc)})") from None
+        mask = read_mask(mask_path)
+    except UnreadableImage as exc:
+        raise UnreadableImage(f"loss mask {mask_path} {exc}") from None
     mask = fit_square(mask, cfg.resolution, cfg.center_crop)
     if not mask.any():  # the loss would be 0 at every step this image is drawn
         raise UnreadableImage(f"loss mask {mask_path} is all black: no pixel would train (white = train)")

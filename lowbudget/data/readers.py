@@ -220,3 +220,12 @@ def _finite_voxels(volume: np.ndarray) -> np.ndarray:
     warnings.warn(ImageNote(f"{int(bad.sum())} of {volume.size} voxels are NaN or infinite; "
                             f"read as the volume's lowest finite value ({fill:g})"), stacklevel=2)
     return np.where(bad, fill, volume).astype(np.float32)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask image as (H, W) float32 in [0, 1], white = 1 (a loss mask, an inpainting mask)."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"is not a readable image ({quote(exc)})") from None

@@ -11,6 +11,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lowbudget.io import atomic_write
+from lowbudget.viz import save_png
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -21,7 +22,7 @@ def write_png(path: Path, pixels: np.ndarray, *, bits: int = 8) -> Path:
         img = Image.fromarray((np.clip(pixels, 0, 1) * 65535 + 0.5).astype(np.uint16))
     else:
         img = Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8))
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return save_png(img, path)
 
 
 def write_dicom(path: Path, pixels: np.ndarray, *, comment: str = "", bits: int = 12, monochrome1: bool = False,

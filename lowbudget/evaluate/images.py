@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lowbudget.data.dataset import fit_square, to_rgb
-from lowbudget.data.readers import UnreadableImage, image_kind, read_image
+from lowbudget.data.dataset import fit_square, image_files, to_rgb
+from lowbudget.data.readers import UnreadableImage, read_image
 from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
 
@@ -25,8 +25,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder '{folder}' does not exist or is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and image_kind(p) is not None
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    paths, _ = image_files(folder)  # what is not a regular file is never opened
     if not paths:
         raise DataError(f"image folder '{folder}' has no PNG/JPEG/TIFF, DICOM or NIfTI files")
     return paths

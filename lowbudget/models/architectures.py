@@ -138,7 +138,7 @@ TINY = Shape(
 
 # The embedded phantom base: 64 px images, a VAE that downsamples by 4 (16 x 16 x 4 latents),
 # three U-Net levels with cross-attention in the upper two, a 2-layer text encoder of width 64
-# over the full CLIP vocabulary. Pretrained on phantoms by ``lowbudget pretrain-base``.
+# over the full CLIP vocabulary. Pretrained on phantoms by ``lowbudget phantom pretrain-base``.
 PHANTOM = Shape(
     name="phantom",
     unet={

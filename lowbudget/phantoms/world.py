@@ -9,7 +9,7 @@ Pretraining captions (``describe=True``) add what a layperson's alt-text would s
 picture ("hazy left base", "round dot in the right lung"): Stable Diffusion has seen white haze
 and round dots with words for them, never with the word "effusion". This is what makes a
 finding *reachable* from the text encoder, so that a token has somewhere to go; the hospital's
-own captions (what ``lowbudget phantoms`` writes and the tokens train on) never carry it.
+own captions (what ``lowbudget phantom images`` writes and the tokens train on) never carry it.
 """
 
 from __future__ import annotations

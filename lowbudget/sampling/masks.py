@@ -13,11 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from PIL import Image
-
 from lowbudget.data.dataset import fit_square, to_rgb
-from lowbudget.data.readers import UnreadableImage, read_image
-from lowbudget.errors import LowbudgetError, quote
+from lowbudget.data.readers import UnreadableImage, read_image, read_mask
+from lowbudget.errors import LowbudgetError
 from lowbudget.recipe import DataConfig
 
 
@@ -57,10 +55,9 @@ def png_mask(path: str | Path, size: int, image_shape: tuple[int, int]) -> torch
     if not path.is_file():
         raise LowbudgetError(f"mask '{path}' does not exist")
     try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0  # (H, W)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise LowbudgetError(f"mask '{path}' is not a readable image ({quote(exc)}); expected a PNG, white = repaint") from None
+        arr = read_mask(path)  # (H, W)
+    except UnreadableImage as exc:
+        raise LowbudgetError(f"mask '{path}' {exc}; expected a PNG, white = repaint") from None
     h, w = image_shape
     if arr.shape not in ((h, w), (size, size)):
         raise LowbudgetError(f"mask '{path}' is {arr.shape[1]} x {arr.shape[0]} pixels; expected the input image's "

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw
 
-from lowbudget.adapters.files import LORA_WEIGHT_NAME
+from lowbudget.adapters.own_files import LORA_WEIGHT_NAME
 from lowbudget.adapters.load import load_adapter
 from lowbudget.data.writers import write_dicom
 from lowbudget.errors import LowbudgetError
-from lowbudget.io import atomic_write, sha256_file
+from lowbudget.io import sha256_file
 from lowbudget.models import load_base
 from lowbudget.version import __version__
 from lowbudget.viz import image_grid, save_png as save_plain_png, to_pil as array_to_pil
@@ -50,12 +50,10 @@ def record(request, seed: int, base: dict[str, str], adapters: list[dict[str, st
 
 def save_png(image: torch.Tensor | Image.Image, path: str | Path, rec: dict[str, Any]) -> Path:
     img = to_pil(image) if isinstance(image, torch.Tensor) else image
-    info = PngImagePlugin.PngInfo()
-    info.add_text("lowbudget", json.dumps(rec, sort_keys=True))
-    info.add_text("parameters", f"{rec['prompt']}\nNegative prompt: {rec['negative_prompt']}\n"
-                                f"Steps: {rec['steps']}, Sampler: {rec['scheduler']}, CFG scale: {rec['guidance']}, "
-                                f"Seed: {rec['seed']}, Size: {img.width}x{img.height}, Model: {rec['base_model']}")
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    parameters = (f"{rec['prompt']}\nNegative prompt: {rec['negative_prompt']}\n"
+                  f"Steps: {rec['steps']}, Sampler: {rec['scheduler']}, CFG scale: {rec['guidance']}, "
+                  f"Seed: {rec['seed']}, Size: {img.width}x{img.height}, Model: {rec['base_model']}")  # A1111's chunk
+    return save_plain_png(img, path, text={"lowbudget": json.dumps(rec, sort_keys=True), "parameters": parameters})
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

@@ -123,13 +123,13 @@ def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Seque
     device = pipe.unet.device
     cond = states.to(device, pipe.unet.dtype)
     weights = torch.tensor(list(weights), device=device, dtype=torch.float32)
-    known = _encode_known(pipe, req.inpaint, size) if req.inpaint else None
+    known = KnownRegion.encode(pipe, req.inpaint, size) if req.inpaint else None
     chunks = [req.seeds[i : i + req.batch_size] for i in range(0, len(req.seeds), req.batch_size)]
     return torch.cat([_sample_chunk(pipe, req, seeds, cond, weights, known, size, watch) for seeds in chunks])
 
 
 def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor, weights: torch.Tensor,
-                  known: dict | None, size: int, watch: Watch | None) -> torch.Tensor:
+                  known: KnownRegion | None, size: int, watch: Watch | None) -> torch.Tensor:
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
     b, k1 = len(seeds), cond.shape[0]
     scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)  # fresh: multistep solvers keep state
@@ -141,15 +141,14 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
     if known is not None and req.inpaint.strength < 1.0:  # start part-way, from the noised original
         start = len(timesteps) - max(1, round(req.inpaint.strength * len(timesteps)))
         timesteps = timesteps[start:]
-        latents = scheduler.add_noise(known["latents"].expand(b, -1, -1, -1), noise, timesteps[:1])
+        latents = scheduler.add_noise(known.latents.expand(b, -1, -1, -1), noise, timesteps[:1])
     else:
         latents = noise * scheduler.init_noise_sigma  # (B, 4, h, w)
     context = cond.repeat_interleave(b, dim=0)  # (B(K+1), 77, D): all uncond rows, then sub-prompt 1, ...
     for i, t in enumerate(timesteps):
         x = scheduler.scale_model_input(torch.cat([latents] * k1), t)  # (B(K+1), 4, h, w)
-        if known is not None and known["native"]:  # SD inpainting U-Net: + mask + masked image
-            extra = torch.cat([known["mask"], known["masked"]], dim=1).expand(x.shape[0], -1, -1, -1)
-            x = torch.cat([x, extra], dim=1)
+        if known is not None and known.native:  # SD inpainting U-Net: + mask + masked image
+            x = torch.cat([x, known.unet_extras(x.shape[0])], dim=1)  # (B(K+1), 9, h, w)
         out = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float()
         uncond, conds = out[:b], out[b:].view(k1 - 1, b, *out.shape[1:])  # (B, ...), (K, B, ...)
         guided = uncond + req.guidance * torch.einsum("k,kb...->b...", weights, conds - uncond)
@@ -157,35 +156,54 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
         latents = stepped.prev_sample
         if watch is not None:
             watch(Step(i, seeds, x.shape[0], getattr(stepped, "pred_original_sample", None)))
-        if known is not None and not known["native"]:  # keep the known region on its noisy trajectory
-            nxt = timesteps[i + 1 : i + 2]
-            target = known["latents"] if len(nxt) == 0 else scheduler.add_noise(known["latents"], noise, nxt)
-            latents = known["soft"] * latents + (1 - known["soft"]) * target
+        if known is not None and not known.native:
+            latents = known.hold(latents, noise, scheduler, timesteps[i + 1 : i + 2])
     images = decode(pipe, latents)
     if known is not None and req.inpaint.paste_back:
-        images = paste_back(images, req.inpaint.image.to(images.device), known["soft_pixels"])
+        images = paste_back(images, req.inpaint.image.to(images.device), known.soft_pixels)
     return images
 
 
-def _encode_known(pipe, inp: Inpainting, size: int) -> dict:
-    """Latents of the input image, masks at pixel and latent scale, 9-channel extras."""
-    if inp.image.shape[-1] != size or inp.mask.shape[-1] != size:
-        raise LowbudgetError(f"inpainting image and mask must be {size} x {size} pixels")
-    vae, device = pipe.vae, pipe.unet.device
-    scale = vae.config.scaling_factor
-    image = inp.image.to(device, vae.dtype)
-    latents = vae.encode(image * 2 - 1).latent_dist.mean * scale  # (1, 4, h, w)
-    soft_pixels = feather(inp.mask.float(), inp.feather).to(device)
-    h, w = latents.shape[-2:]
-    known = {"latents": latents.float(), "soft": to_latent_grid(soft_pixels, (h, w)), "soft_pixels": soft_pixels,
-             "native": pipe.unet.config.in_channels == 9}
-    if known["native"]:
-        hard = (inp.mask >= 0.5).to(device, vae.dtype)
-        masked = vae.encode((image * (1 - hard)) * 2 - 1).latent_dist.mean * scale
-        known |= {"mask": to_latent_grid(hard.float(), (h, w)).to(pipe.unet.dtype), "masked": masked.to(pipe.unet.dtype)}
-    elif pipe.unet.config.in_channels != 4:
-        raise LowbudgetError(f"U-Net with {pipe.unet.config.in_channels} input channels: expected 4 or 9 (inpainting)")
-    return known
+@dataclass
+class KnownRegion:
+    """What inpainting knows of the input image, at pixel and latent scale."""
+
+    latents: torch.Tensor  # (1, 4, h, w): the input image, encoded
+    soft: torch.Tensor  # (1, 1, h, w): the feathered mask per latent cell, 1 = repaint
+    soft_pixels: torch.Tensor  # (1, 1, H, W): the feathered mask per pixel, for paste-back
+    native: bool  # an SD inpainting U-Net (9 input channels) that takes the mask itself
+    mask: torch.Tensor | None = None  # (1, 1, h, w): native only, the hard mask
+    masked: torch.Tensor | None = None  # (1, 4, h, w): native only, the image with the region blanked
+
+    @classmethod
+    def encode(cls, pipe, inp: Inpainting, size: int) -> "KnownRegion":
+        if inp.image.shape[-1] != size or inp.mask.shape[-1] != size:
+            raise LowbudgetError(f"inpainting image and mask must be {size} x {size} pixels")
+        vae, unet, device = pipe.vae, pipe.unet, pipe.unet.device
+        if unet.config.in_channels not in (4, 9):
+            raise LowbudgetError(f"U-Net with {unet.config.in_channels} input channels: expected 4 or 9 (inpainting)")
+        scale = vae.config.scaling_factor
+        image = inp.image.to(device, vae.dtype)
+        latents = vae.encode(image * 2 - 1).latent_dist.mean * scale  # (1, 4, h, w)
+        soft_pixels = feather(inp.mask.float(), inp.feather).to(device)
+        h, w = latents.shape[-2:]
+        known = cls(latents=latents.float(), soft=to_latent_grid(soft_pixels, (h, w)), soft_pixels=soft_pixels,
+                    native=unet.config.in_channels == 9)
+        if known.native:
+            hard = (inp.mask >= 0.5).to(device, vae.dtype)
+            known.mask = to_latent_grid(hard.float(), (h, w)).to(unet.dtype)
+            known.masked = (vae.encode((image * (1 - hard)) * 2 - 1).latent_dist.mean * scale).to(unet.dtype)
+        return known
+
+    def unet_extras(self, n: int) -> torch.Tensor:
+        """The 5 channels an inpainting U-Net takes beside the latents: mask, masked image."""
+        return torch.cat([self.mask, self.masked], dim=1).expand(n, -1, -1, -1)  # (n, 5, h, w)
+
+    def hold(self, latents: torch.Tensor, noise: torch.Tensor, scheduler, next_t: torch.Tensor) -> torch.Tensor:
+        """Outside the mask, put the input back on its noisy trajectory at the next timestep
+        (the clean input after the last step), so that only the masked region is generated."""
+        target = self.latents if len(next_t) == 0 else scheduler.add_noise(self.latents, noise, next_t)
+        return self.soft * latents + (1 - self.soft) * target
 
 
 def decode(pipe, latents: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from lowbudget.adapters.compat import check_embedding, check_not_a_word
-from lowbudget.adapters.formats import read_embedding
+from lowbudget.adapters.foreign_layouts import read_embedding
 from lowbudget.errors import AdapterError, SignatureError, quote
 from lowbudget.io import atomic_write, atomic_write_text, output_folder, sha256_file
 from lowbudget.models import load_base

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lowbudget import checks
-from lowbudget.adapters.files import AUDIT, LORA_WEIGHT_NAME, read_header
+from lowbudget.adapters.own_files import AUDIT, LORA_WEIGHT_NAME, read_header
 from lowbudget.adapters.load import load_adapter
 from lowbudget.errors import LowbudgetError
 from lowbudget.evaluate.memorisation import memorisation

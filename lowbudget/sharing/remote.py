@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from lowbudget.adapters.compat import check_embedding
-from lowbudget.adapters.formats import read_embedding
+from lowbudget.adapters.foreign_layouts import read_embedding
 from lowbudget.errors import AdapterError, LowbudgetError
 from lowbudget.io import atomic_write, check_output_folder, output_folder, sha256_file
 from lowbudget.models.base import BaseModel

@@ -1,4 +1,5 @@
-"""Adapter files: what lowbudget writes, in the layouts plain diffusers reads unchanged.
+"""lowbudget's own adapter files, in the layouts plain diffusers reads unchanged. (Files in
+other tools' layouts are read and written by :mod:`lowbudget.adapters.foreign_layouts`.)
 
 - Embedding: one token per ``.safetensors``, a single key ``{token: tensor[n_vectors, dim]}``
   (``pipe.load_textual_inversion(path)``), with provenance in the safetensors header.

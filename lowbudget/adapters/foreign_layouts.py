@@ -1,6 +1,7 @@
-"""Embedding files in every layout users already have, read safely and written back.
+"""Embedding and LoRA files in the layouts other tools write, read safely and written back.
+(What lowbudget itself writes, with its provenance header, is :mod:`lowbudget.adapters.own_files`.)
 
-Layouts (see ``shared/BRIEF.md``):
+Layouts, as each tool's own loader reads them:
 
 - ``diffusers``  safetensors, one key ``{token: tensor[n, dim]}`` (lowbudget's own format)
 - ``a1111``      pickled ``.pt`` dict with ``string_to_param["*"]`` and ``name``
@@ -30,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lowbudget.adapters.files import trigger_word
+from lowbudget.adapters.own_files import trigger_word
 from lowbudget.adapters.pickles import load_pt, text_dict, text_field
 from lowbudget.errors import AdapterError, quote
 from lowbudget.io import atomic_write

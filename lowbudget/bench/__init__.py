@@ -1,0 +1,9 @@
+"""The proving ground: lowbudget measured on the phantom world, through the product's own code.
+
+  fidelity.py       a token's recipe, its training (cached per spec), detector rates of its images
+  benchmark.py      the paper in miniature: detectors, base, fidelity, sweep, downstream, diversity, methods
+  compose_check.py  interpolation, combination and inpainting measured with the detectors
+  demo.py           the demo report on one trained token (`lowbudget phantom report`)
+  pretrain.py       pretraining the embedded phantom base from scratch
+  tables.py         markdown tables and image strips for the reports
+"""

@@ -1,0 +1,213 @@
+"""Everything before the training loop's first step, in the order it must happen.
+
+:func:`set_up` reads as a list: the data (a broken folder fails in seconds, before any model
+loads), the frozen base and its fingerprint (taken before tokens are added, so that it
+identifies the base users have), the adapters, the latents (the VAE runs once, here, and is
+kept only when validation grids need it), the optimiser over the adapter tensors only, and
+the checkpoint to resume from. It hands the loop a :class:`Run`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
+
+from lowbudget.adapters.lora import attach_lora, lora_parameters
+from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
+from lowbudget.data.dataset import ImageSet, load_image_folder
+from lowbudget.errors import TrainingError
+from lowbudget.io import output_folder
+from lowbudget.models import BaseModel, load_base
+from lowbudget.models.embedded import cache_dir
+from lowbudget.phantoms.source import phantom_image_set
+from lowbudget.recipe import Recipe
+from lowbudget.training import checkpoint
+from lowbudget.training.latents import LatentSet, encode_images
+from lowbudget.training.conditioning import Captioner, TextConditioner
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Run:
+    """What set-up hands the loop."""
+
+    accelerator: Accelerator
+    weight_dtype: torch.dtype  # of the frozen weights; the adapter tensors stay fp32
+    base: BaseModel  # frozen, adapters attached; its VAE is None unless validation needs it
+    fingerprint: str  # of the base's vocabulary before any token was added
+    bank: TokenBank | None  # the learned tokens, if the method trains any
+    trainable: dict[str, torch.nn.Parameter]  # every tensor the optimiser updates, by name
+    captioner: Captioner
+    latents: LatentSet  # (N, 4, h, w) posterior mean and std, on the device
+    scaling: float  # the VAE's latent scaling factor (the VAE itself may be gone)
+    masks: torch.Tensor | None  # (N, 1, h, w) loss masks at latent scale
+    n_images: int
+    optimizer: torch.optim.Optimizer
+    unet: torch.nn.Module  # accelerate-prepared when LoRA trains it
+    condition: TextConditioner
+    scheduler: Any  # the base's DDPM noise schedule
+    ti_steps: int  # pivotal tuning: tokens train for the first ti_steps only
+    start_step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) -> Run:
+    data, method, optim = recipe.data, recipe.method, recipe.optim
+    images = phantom_image_set(data) if data.phantoms and not data.path else load_image_folder(data, warn=log)
+    log(f"data: {len(images)} image(s) from {images.folder} ({images.caption_source} captions, "
+        f"{len(images.skipped)} skipped)")
+
+    accelerator = _accelerator(recipe)
+    weight_dtype = DTYPES[recipe.model.precision]
+    base = _frozen_base(recipe, accelerator.device, weight_dtype)
+    fingerprint = base.fingerprint  # before attach_tokens grows the vocabulary
+    bank = attach_tokens(base, method.tokens) if method.trains_tokens else None
+    lora = attach_lora(base, method.lora) if method.trains_lora else []
+    trainable = {"tokens": bank.parameter} if bank is not None else {}
+    trainable.update(dict(lora_parameters(base)))
+    text_trains = bank is not None or (method.trains_lora and method.lora.text_encoder)
+    if recipe.model.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+        if text_trains:
+            base.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.unet.train(), base.text_encoder.train()
+
+    captioner = Captioner(images, data, base.tokenizer, bank)
+    latents = _latents(base, images, accelerator.device, weight_dtype, log)
+    scaling = float(base.vae.config.scaling_factor)
+    if not recipe.output.validation_prompts:  # validation is the VAE's only other use: free it
+        base.vae = None
+
+    groups = []  # no optimiser state for the 49,408-row vocabulary: the token rows only
+    if bank is not None:
+        groups.append({"params": [bank.parameter], "lr": optim.lr_ti, "weight_decay": 0.0, "name": "tokens"})
+    if lora:
+        groups.append({"params": lora, "lr": optim.lr_lora, "weight_decay": optim.weight_decay, "name": "lora"})
+    optimizer = torch.optim.AdamW(groups)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    text_encoder = accelerator.prepare(base.text_encoder) if text_trains else base.text_encoder
+    run = Run(
+        accelerator=accelerator, weight_dtype=weight_dtype, base=base, fingerprint=fingerprint, bank=bank,
+        trainable=trainable, captioner=captioner, latents=latents, scaling=scaling,
+        masks=latents.masks.to(accelerator.device) if latents.masks is not None else None, n_images=len(images),
+        optimizer=accelerator.prepare(optimizer), unet=accelerator.prepare(base.unet) if lora else base.unet,
+        condition=TextConditioner(text_encoder, frozen=not text_trains), scheduler=_noise_scheduler(base, recipe),
+        ti_steps=math.ceil(method.ti_fraction * optim.max_steps) if method.kind == "ti+lora" else optim.max_steps,
+    )
+    if resume:
+        _restore(run, recipe, out, log)
+    return run
+
+
+def _frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype) -> BaseModel:
+    base = load_base(recipe.model.base, prediction_type=recipe.model.prediction_type,
+                     expected_family=recipe.model.family)
+    for part in ("unet", "text_encoder", "vae"):  # by name: no loop variable keeps a module alive
+        getattr(base, part).requires_grad_(False)
+        if weight_dtype == torch.float32:  # an fp32 cast would only make diffusers warn
+            getattr(base, part).to(device)
+        else:
+            getattr(base, part).to(device, weight_dtype)
+    return base
+
+
+def _latents(base: BaseModel, images: ImageSet, device: torch.device, weight_dtype: torch.dtype,
+             log: Callable[[str], None]) -> LatentSet:
+    """Every image encoded once (the VAE never runs inside the loop). The caller drops the
+    pixels when this returns: at 512 px, 100 images are ~300 MB of float32."""
+    latents = encode_images(base.vae, images.images, device=device, dtype=weight_dtype, cache_dir=cache_dir() / "latents")
+    log(f"latents: {latents.encoded} image(s) encoded, {len(images) - latents.encoded} from the cache")
+    latents.mean, latents.std = latents.mean.to(device), latents.std.to(device)
+    return latents
+
+
+def _noise_scheduler(base: BaseModel, recipe: Recipe):
+    scheduler = base.noise_scheduler()
+    n = scheduler.config.num_train_timesteps
+    if not 0 <= recipe.optim.min_timestep < n:
+        raise TrainingError(f"optim.min_timestep = {recipe.optim.min_timestep} must be in [0, {n - 1}] for this scheduler")
+    if recipe.output.validation_prompts and recipe.output.validation_inference_steps > n:
+        raise TrainingError(f"output.validation_inference_steps = {recipe.output.validation_inference_steps} is more "
+                            f"than the {n} timesteps this base's scheduler was trained on")
+    return scheduler
+
+
+def _restore(run: Run, recipe: Recipe, out: Path, log: Callable[[str], None]) -> None:
+    state = checkpoint.load_checkpoint(out)
+    run.start_step = int(state["step"])
+    for change in changes_on_resume(state["recipe"], recipe, run.start_step):
+        log(f"note: resuming with {change}")
+    checkpoint.restore(state, run.trainable, run.optimizer)
+    run.losses = list(state["losses"])
+    log(f"resuming at step {run.start_step} of {recipe.optim.max_steps}")
+
+
+def _accelerator(recipe: Recipe) -> Accelerator:
+    precision = recipe.model.precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise TrainingError("model.precision = 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on a CPU")
+    # accelerate keeps the precision in a process-wide singleton, so a second run in one
+    # process (a notebook, the test suite) could not change it. Reset that part only; the
+    # distributed state of an `accelerate launch` (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(
+        mixed_precision="no" if precision == "fp32" else precision,
+        # pivotal tuning stops the token gradients midway; DDP must tolerate unused parameters
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=recipe.method.kind == "ti+lora")],
+    )
+
+
+def claim_output(out: Path, resume: bool, overwrite: bool, log: Callable[[str], None]) -> bool:
+    """Check the output folder under the one rule for outputs; return whether to resume.
+
+    A run that stopped before its first checkpoint left only its recipe.toml: ``--resume``
+    starts it again from step 0, which loses nothing, rather than refusing both ways.
+    """
+    holds_run = (out / "recipe.toml").is_file() or checkpoint.checkpoint_path(out).exists()
+    if holds_run and not resume:
+        raise TrainingError(f"output folder '{out}' already holds a run; pass --resume to continue it or choose another --output")
+    if resume and not holds_run:
+        checkpoint.load_checkpoint(out)  # raises: no checkpoint, no run
+    if resume and not checkpoint.checkpoint_path(out).exists():
+        log(f"note: the run in '{out}' stopped before its first checkpoint; starting it again from step 0")
+        resume = False
+    if not holds_run and _is_main_process():
+        output_folder(out, overwrite=overwrite, command="train")
+    return resume
+
+
+def _is_main_process() -> bool:
+    return PartialState().is_main_process
+
+
+# A resumed run must draw what the unbroken run would have drawn: these may not change.
+_FIXED_ON_RESUME = {"method": None, "optim": ("batch_size", "grad_accum", "seed", "deterministic"), "data": ("resolution",)}
+
+
+def changes_on_resume(saved: dict, recipe: Recipe, step: int) -> list[str]:
+    """What differs from the checkpoint's recipe, as notes; raises where the run cannot continue."""
+    now = recipe.to_dict()
+    if recipe.optim.max_steps < step:
+        raise TrainingError(f"--resume: optim.max_steps = {recipe.optim.max_steps} is below the checkpoint's step {step}; "
+                            f"give --max-steps {step} or more (the adapter there has trained {step} steps)")
+    notes = []
+    for table, values in now.items():
+        fixed = _FIXED_ON_RESUME.get(table, ())
+        for key, value in values.items():
+            before = saved.get(table, {}).get(key, value)
+            if before == value or (table, key) == ("output", "dir"):
+                continue
+            if fixed is None or key in fixed:
+                raise TrainingError(f"--resume: {table}.{key} was {before!r} in the checkpoint, now {value!r}; "
+                                    "a resumed run must keep its method, batch and seed")
+            notes.append(f"{table}.{key} = {value!r} (the checkpoint's run had {before!r})")
+    return notes
