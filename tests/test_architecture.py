@@ -102,3 +102,11 @@ def test_every_package_folder_is_a_regular_package():
     # a folder without __init__.py imports here (a namespace package) but is left out of a wheel
     folders = {p.parent for p in PACKAGE.rglob("*.py")}
     assert not [f for f in folders if not (f / "__init__.py").is_file()]
+
+
+def test_only_the_cli_imports_typer():
+    users = [module for module, path in MODULES.items() if _package(module) != "cli"
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.Import, ast.ImportFrom))
+             and any((getattr(node, "module", None) or a.name).split(".")[0] == "typer" for a in node.names)]
+    assert not users, users

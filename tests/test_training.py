@@ -11,7 +11,7 @@ from lowbudget.errors import DataError, TrainingError
 from lowbudget.models import load_base
 from lowbudget.recipe import TokenConfig
 from lowbudget.training import checkpoint, train
-from lowbudget.training.loop import _masked_mse
+from lowbudget.training.loss import masked_mse
 
 from helpers import tiny_recipe
 
@@ -158,8 +158,8 @@ def test_masked_loss_ignores_pixels_outside_the_mask():
     pred[..., :, 2:] = 5.0  # wrong only in the right half
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :, :2] = 1.0
-    assert _masked_mse(pred, target, mask).item() == 0.0
-    assert _masked_mse(pred, target, 1 - mask).item() == pytest.approx(25.0)
+    assert masked_mse(pred, target, mask).item() == 0.0
+    assert masked_mse(pred, target, 1 - mask).item() == pytest.approx(25.0)
 
 
 def test_gradient_checkpointing_gives_the_same_step(tiny_base, mixed_folder, tmp_path):

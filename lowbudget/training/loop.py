@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lowbudget.adapters import own_files
@@ -30,6 +29,7 @@ from lowbudget.models import BaseModel
 from lowbudget.recipe import Recipe
 from lowbudget.training import checkpoint
 from lowbudget.training.feedback import validation_grid, write_loss_curve
+from lowbudget.training.loss import masked_mse
 from lowbudget.training.schedule import lr_factor
 from lowbudget.training.setup import Run, claim_output, set_up
 
@@ -95,7 +95,7 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
             with accelerator.autocast():
                 cond = run.condition(texts, ids)  # (B, 77, D)
                 pred = run.unet(x_t.to(run.weight_dtype), t, cond).sample  # (B, 4, h, w)
-            loss = _masked_mse(pred.float(), target.float(), run.masks[idx] if run.masks is not None else None)
+            loss = masked_mse(pred.float(), target.float(), run.masks[idx] if run.masks is not None else None)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at step {step + 1}; nothing was saved from this step. "
@@ -197,13 +197,6 @@ class _DataOrder:
     def batch(self, micro_step: int, process: int) -> torch.Tensor:  # -> (B,) image indices
         start = (micro_step * self.processes + process) * self.batch_size
         return torch.stack([self._perm(k // self.n)[k % self.n] for k in range(start, start + self.batch_size)])
-
-
-def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return F.mse_loss(pred, target)
-    err = (pred - target) ** 2 * mask  # (B, 4, h, w) * (B, 1, h, w)
-    return err.sum() / (mask.sum() * pred.shape[1]).clamp(min=1e-8)
 
 
 def _progress(enabled: bool, start: int, total: int):
