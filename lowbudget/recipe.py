@@ -78,6 +78,13 @@ class DataConfig:
     nifti_axis: int = _help("NIfTI: slicing axis (2 = axial for RAS volumes).", 2)
     nifti_slice: int = _help("NIfTI: slice index along nifti_axis (-1 = middle slice).", -1)
     mask_dir: str = _help("Optional folder of loss masks (PNG, same file stem as the image; white = train).", "")
+    validation_fraction: float = _help(
+        "Hold out this fraction of the patients for the validation loss (0 = none). Patients come from a "
+        "patient_id (else study_id) column of metadata.jsonl or the captions CSV; without one, every image is its "
+        "own patient. At least one patient is held out and at least one trains.", 0.0)
+    validation_path: str = _help("A folder of validation images instead of validation_fraction (read like data.path).", "")
+    validation_seed: int = _help("Seed of the patient split (kept apart from optim.seed: runs with other seeds "
+                                 "validate on the same patients).", 0)
 
     def __post_init__(self) -> None:
         checks.image_size("data.resolution", self.resolution, RecipeError)
@@ -97,6 +104,15 @@ class DataConfig:
             raise RecipeError(f"data.phantoms = {self.phantoms!r}; expected 'MODALITY/FINDING', e.g. 'chest/effusion'")
         _positive("data.phantoms_n", self.phantoms_n)
         checks.seed("data.phantoms_seed", self.phantoms_seed, RecipeError)
+        checks.within("data.validation_fraction", self.validation_fraction, 0.0, 0.9, RecipeError)
+        if self.validation_fraction and self.validation_path:
+            raise RecipeError("give data.validation_fraction or data.validation_path, not both")
+        checks.seed("data.validation_seed", self.validation_seed, RecipeError)
+
+    @property
+    def validates(self) -> bool:
+        """Whether the recipe sets validation images apart."""
+        return bool(self.validation_fraction or self.validation_path)
 
 
 @dataclass
@@ -202,6 +218,18 @@ class OptimConfig:
     min_timestep: int = _help(
         "Train on diffusion timesteps >= this only (0 = all). High-noise steps decide global structure, such as "
         "whether a finding is there at all; fine detail is learnt at low noise.", 0)
+    stop: str = _help(
+        "fixed: train max_steps. validation: stop when the validation loss (data.validation_*) has not improved for "
+        "`patience` evaluations and write the best step's adapter. dvar: stop when a deterministic training loss "
+        "flattens (Voronov et al. 2023): the variance of its last `window` values falls below `dvar_threshold` of "
+        "the variance of all of them. Losses are computed every output.validation_every steps.", "fixed")
+    patience: int = _help("stop = validation: evaluations without a new best before stopping.", 5)
+    window: int = _help("stop = dvar: evaluations in the window.", 10)
+    dvar_threshold: float = _help("stop = dvar: stop when var(last window) / var(all) falls below this.", 0.15)
+    min_steps: int = _help("Never stop early before this step.", 0)
+    snr_gamma: float = _help("Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = off (plain MSE).", 0.0)
+    ema_decay: float = _help("Write an exponential moving average of the trainable tensors with this decay, "
+                             "e.g. 0.99; 0 = off (the last step's tensors).", 0.0)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum"):
@@ -213,13 +241,22 @@ class OptimConfig:
         _choice("optim.schedule", self.schedule, ("constant", "linear", "cosine"))
         checks.seed("optim.seed", self.seed, RecipeError)
         _positive("optim.min_timestep", self.min_timestep, zero_ok=True)
+        _choice("optim.stop", self.stop, ("fixed", "validation", "dvar"))
+        _positive("optim.patience", self.patience)
+        checks.at_least("optim.window", self.window, 2, RecipeError)
+        checks.within("optim.dvar_threshold", self.dvar_threshold, 0.0, 1.0, RecipeError)
+        _positive("optim.min_steps", self.min_steps, zero_ok=True)
+        _positive("optim.snr_gamma", self.snr_gamma, zero_ok=True)
+        checks.within("optim.ema_decay", self.ema_decay, 0.0, 0.9999, RecipeError)
 
 
 @dataclass
 class OutputConfig:
     dir: str = _help("Output folder; --output overrides.", "runs/lowbudget")
     checkpoint_every: int = _help("Write a resumable checkpoint every N steps (0 = only at the end).", 500)
-    validation_every: int = _help("Sample validation images every N steps (0 = never).", 0)
+    validation_every: int = _help(
+        "Validate every N steps (0 = never): the validation loss (with data.validation_*), the deterministic loss "
+        "of optim.stop = 'dvar', and grids of the validation prompts.", 0)
     validation_prompts: list[str] = _help("Validation prompts; {token} is replaced as in captions.", factory=list)
     validation_seeds: list[int] = _help("One image per seed per prompt, the same seeds every time.", factory=lambda: [0, 1, 2, 3])
     validation_inference_steps: int = _help("Sampler steps for validation images.", 25)
@@ -236,8 +273,6 @@ class OutputConfig:
         checks.finite("output.validation_guidance", self.validation_guidance, RecipeError)
         checks.seeds("output.validation_seeds", self.validation_seeds, RecipeError)
         _choice("output.save_dtype", self.save_dtype, ("fp32", "fp16"))
-        if self.validation_every and not self.validation_prompts:
-            raise RecipeError("output.validation_every is set but output.validation_prompts is empty")
 
 
 @dataclass
@@ -248,13 +283,29 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def __post_init__(self) -> None:
+        """What one table alone cannot check: validation needs images, a cadence and a use."""
+        stop, every = self.optim.stop, self.output.validation_every
+        if stop == "validation" and not self.data.validates:
+            raise RecipeError("optim.stop = 'validation' needs validation images: set data.validation_fraction "
+                              "(e.g. 0.2) or data.validation_path")
+        if stop != "fixed" and not every:
+            raise RecipeError(f"optim.stop = {stop!r} needs output.validation_every > 0 (how often the loss is computed)")
+        if self.data.validates and not every:
+            raise RecipeError("data.validation_fraction / validation_path hold images out, but output.validation_every "
+                              "= 0 never computes their loss; set it, e.g. 50")
+        if every and not (self.output.validation_prompts or self.data.validates or stop == "dvar"):
+            raise RecipeError("output.validation_every is set but there is nothing to validate: give "
+                              "output.validation_prompts, data.validation_fraction or optim.stop = 'dvar'")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def shareable_dict(self) -> dict[str, Any]:
         """The recipe without local paths, for adapter metadata that leaves the site."""
         d = self.to_dict()
-        for table, key in (("data", "path"), ("data", "captions_csv"), ("data", "mask_dir"), ("model", "base"), ("output", "dir")):
+        for table, key in (("data", "path"), ("data", "captions_csv"), ("data", "mask_dir"), ("data", "validation_path"),
+                           ("model", "base"), ("output", "dir")):
             if d[table][key]:
                 d[table][key] = "<local path>"
         return d

@@ -53,15 +53,22 @@ def _canvas(size: tuple[int, int], title: str, left: int):
     return img, draw, font
 
 
-def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640, 360), smooth: int = 0) -> Image.Image:
-    """A minimal line chart (raw values in grey, moving average in blue) with axis labels."""
+_SERIES_COLOURS = [(220, 110, 20), (20, 150, 60), (150, 40, 160)]
+
+
+def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640, 360), smooth: int = 0,
+               series: dict[str, Sequence[tuple[int, float]]] | None = None) -> Image.Image:
+    """A minimal line chart (raw values in grey, moving average in blue) with axis labels;
+    ``series`` adds named (step, value) curves on the same axes, each in its colour with a legend."""
     w, h = size
     left, right, top, bottom = 60, 15, 30, 35
     img, draw, font = _canvas(size, title, left)
     y = np.asarray(values, dtype=np.float64)
     if y.size == 0:
         return img
-    lo, hi = float(y.min()), float(y.max())
+    extra = {name: [(s, v) for s, v in points if np.isfinite(v)] for name, points in (series or {}).items()}
+    every = np.concatenate([y] + [np.array([v for _, v in pts]) for pts in extra.values() if pts])
+    lo, hi = float(every.min()), float(every.max())
     hi = hi if hi > lo else lo + 1.0
 
     def to_xy(i: int, v: float) -> tuple[float, float]:
@@ -81,6 +88,13 @@ def line_chart(values: Sequence[float], title: str, size: tuple[int, int] = (640
     if window > 1 and y.size > window:
         avg = np.convolve(y, np.ones(window) / window, mode="valid")
         draw.line([to_xy(i + window - 1, v) for i, v in enumerate(avg)], fill=(30, 90, 200), width=2)
+    for k, (name, points) in enumerate(p for p in extra.items() if p[1]):
+        colour = _SERIES_COLOURS[k % len(_SERIES_COLOURS)]
+        xy = [to_xy(step - 1, v) for step, v in points]  # step s is the s-th value of the x axis
+        draw.line(xy if len(xy) > 1 else xy * 2, fill=colour, width=2)
+        for x, yy in xy:
+            draw.ellipse((x - 2, yy - 2, x + 2, yy + 2), fill=colour)
+        draw.text((left + 8, top + 6 + 14 * k), name, fill=colour, font=font)
     return img
 
 

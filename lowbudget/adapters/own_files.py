@@ -29,6 +29,7 @@ from lowbudget.version import __version__
 FORMAT_VERSION = "1"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+TRAINING = "lowbudget_training"  # header entry: how training ended (see Provenance.training), JSON
 AUDIT = "lowbudget_audit"  # header entry written by the release check (`lowbudget share`): its figures, JSON
 
 
@@ -44,9 +45,11 @@ class Provenance:
     recipe: dict[str, Any] | None = None
     description: str = ""
     license: str = ""
+    training: dict[str, Any] | None = None  # how training ended: steps run, stopping rule and reason, losses
 
     def header(self, kind: str) -> dict[str, str]:
-        return {
+        extra = {TRAINING: json.dumps(self.training, sort_keys=True)} if self.training else {}
+        return extra | {
             "format": "pt",
             "lowbudget_format": f"{kind}/{FORMAT_VERSION}",
             "lowbudget_version": __version__,

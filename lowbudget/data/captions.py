@@ -17,6 +17,7 @@ from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
 
 METADATA_FILE = "metadata.jsonl"
+PATIENT_COLUMNS = ("patient_id", "study_id")  # the first one present groups images by patient
 
 
 def read_metadata_jsonl(path: Path) -> dict[str, str]:
@@ -86,6 +87,45 @@ def resolve_caption_source(folder: Path, cfg: DataConfig) -> tuple[str, dict[str
             csv_path = folder / csv_path
         return source, read_caption_csv(csv_path, cfg.csv_file_column, cfg.csv_text_column)
     return "templates", None
+
+
+def read_patient_ids(folder: Path, cfg: DataConfig) -> tuple[str | None, dict[str, str]]:
+    """(column, {file name: patient}) from metadata.jsonl, else the captions CSV; (None, {}) when
+    neither has a patient_id or study_id column. Values are kept as text ("7" and 7 are one patient).
+    A column that some rows leave empty is refused: those images would pass for patients of their own."""
+    source, rows = _metadata_rows(folder, cfg)
+    for column in PATIENT_COLUMNS:
+        if not any(column in row for row in rows):
+            continue
+        missing = [row.get("file_name", "?") for row in rows if row.get(column) in (None, "")]
+        if missing:
+            raise DataError(f"{source}: {column} is empty for {len(missing)} of {len(rows)} images (first: "
+                            f"{missing[0]!r}); give every image its patient, or remove the column")
+        return column, {_key(str(row.get("file_name", ""))): str(row[column]) for row in rows}
+    return None, {}
+
+
+def _metadata_rows(folder: Path, cfg: DataConfig) -> tuple[Path | None, list[dict]]:
+    meta = folder / METADATA_FILE
+    if meta.is_file():
+        rows = []
+        for number, line in enumerate(read_utf8(meta).splitlines(), start=1):
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError:
+                raise DataError(f"{meta}:{number} is not a JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{meta}:{number} is not a JSON object")
+            if row:
+                rows.append(row)
+        return meta, rows
+    if cfg.captions_csv:
+        csv_path = Path(cfg.captions_csv).expanduser()
+        csv_path = csv_path if csv_path.is_absolute() or csv_path.exists() else folder / csv_path
+        if csv_path.is_file():
+            with io.StringIO(read_utf8(csv_path), newline="") as fh:
+                return csv_path, [{**row, "file_name": row.get(cfg.csv_file_column, "")} for row in csv.DictReader(fh)]
+    return None, []
 
 
 def caption_for(relative: str, captions: dict[str, str]) -> str | None:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from lowbudget.data.captions import METADATA_FILE, caption_for, resolve_caption_source
+from lowbudget.data.captions import METADATA_FILE, caption_for, read_patient_ids, resolve_caption_source
 from lowbudget.data.readers import ImageNote, UnreadableImage, image_kind, read_image_scaled, read_mask
 from lowbudget.errors import DataError
 from lowbudget.recipe import DataConfig
@@ -29,6 +29,7 @@ class TrainingImage:
     pixels: np.ndarray  # (R, R, 3) float32 in [0, 1], R = data.resolution
     caption: str | None  # from metadata/CSV; None = drawn from the templates
     mask: np.ndarray | None = None  # (R, R) float32 in [0, 1]; 1 = the loss counts here
+    patient: str | None = None  # from a patient_id / study_id column; None = a patient of its own
 
     @property
     def digest(self) -> str:
@@ -42,6 +43,7 @@ class ImageSet:
     images: list[TrainingImage]
     caption_source: str
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    patient_column: str | None = None  # where TrainingImage.patient came from
 
     def __len__(self) -> int:
         return len(self.images)
@@ -55,6 +57,7 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
     if not folder.is_dir():
         raise DataError(f"data folder '{folder}' does not exist or is not a folder")
     source, captions = resolve_caption_source(folder, cfg)
+    patient_column, patients = read_patient_ids(folder, cfg)
     mask_dir = Path(cfg.mask_dir).expanduser() if cfg.mask_dir else None
     if mask_dir is not None and not mask_dir.is_dir():
         raise DataError(f"data.mask_dir '{mask_dir}' does not exist or is not a folder")
@@ -83,7 +86,8 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
         for note in notes:
             if issubclass(note.category, ImageNote):
                 warn(f"{path}: {note.message}")
-        images.append(TrainingImage(path=path, pixels=pixels, caption=caption, mask=mask))
+        images.append(TrainingImage(path=path, pixels=pixels, caption=caption, mask=mask,
+                                    patient=caption_for(relative, patients) if patients else None))
         stretched += by_content
 
     if not images:
@@ -93,7 +97,7 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
         warn(f"data folder '{folder}': {stretched} of {len(images)} images are stretched by their own gray levels "
              f"(data.intensity = {cfg.intensity!r}), the other {len(images) - stretched} are read at a fixed scale "
              "(8-bit, or a DICOM window); if every file uses its full range, set data.intensity = \"dtype\"")
-    return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped)
+    return ImageSet(folder=folder, images=images, caption_source=source, skipped=skipped, patient_column=patient_column)
 
 
 def image_files(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:

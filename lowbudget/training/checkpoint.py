@@ -1,7 +1,8 @@
 """Resumable checkpoints that hold only what training changes.
 
 A checkpoint is the trainable tensors (token vectors, LoRA matrices), the optimizer state of
-those tensors alone, the RNG state, the step and the loss history -- kilobytes to a few MB,
+those tensors alone, the RNG state, the step and the loss history, and the early-stopping and
+EMA state when those are on -- kilobytes to a few MB,
 never the text encoder. It is written atomically (a crash leaves the previous checkpoint
 intact) and read back with ``torch.load(weights_only=True)``, which cannot run code.
 """
@@ -24,8 +25,12 @@ def checkpoint_path(output_dir: Path) -> Path:
 
 
 def save_checkpoint(output_dir: Path, *, step: int, trainable: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, losses: list[float], recipe: dict[str, Any]) -> Path:
+                    optimizer: torch.optim.Optimizer, losses: list[float], recipe: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """``extra``: what else a resumed run needs to go on as the unbroken one would (the stopping
+    rule's state, the EMA tensors, the evaluations so far)."""
     state = {
+        **(extra or {}),
         "step": step,
         "trainable": {k: v.detach().cpu().clone() for k, v in trainable.items()},
         "optimizer": optimizer.state_dict(),

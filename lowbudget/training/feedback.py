@@ -30,6 +30,15 @@ def validation_grid(base: BaseModel, prompts: list[str], seeds: list[int], *, re
     return save_grid(torch.stack(rows), prompts, path)
 
 
-def write_loss_curve(losses: list[float], output_dir: Path) -> Path:
-    atomic_write_text(output_dir / "loss.csv", "step,loss\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(losses)))
-    return save_png(line_chart(losses, "training loss (grey: per step, blue: moving average)"), output_dir / "loss.png")
+def write_loss_curve(losses: list[float], output_dir: Path,
+                     evaluations: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """loss.csv (a row per step; a column per evaluated loss, filled at the steps it was computed)
+    and loss.png (the training loss, and the evaluated losses on the same axes)."""
+    evaluations = {name: points for name, points in (evaluations or {}).items() if points}
+    at = {name: dict(points) for name, points in evaluations.items()}
+    header = ",".join(["step", "loss", *evaluations])
+    rows = [",".join([str(i + 1), f"{v:.6g}", *(f"{at[n][i + 1]:.6g}" if i + 1 in at[n] else "" for n in evaluations)])
+            for i, v in enumerate(losses)]
+    atomic_write_text(output_dir / "loss.csv", "\n".join([header, *rows]) + "\n")
+    title = "training loss (grey: per step, blue: moving average)" + (", evaluated losses in colour" if evaluations else "")
+    return save_png(line_chart(losses, title, series=evaluations), output_dir / "loss.png")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import random
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -29,18 +29,22 @@ from lowbudget.models import BaseModel
 from lowbudget.recipe import Recipe
 from lowbudget.training import checkpoint
 from lowbudget.training.feedback import validation_grid, write_loss_curve
-from lowbudget.training.loss import masked_mse
+from lowbudget.training.loss import masked_mse, min_snr_weights
 from lowbudget.training.schedule import lr_factor
 from lowbudget.training.setup import Run, claim_output, set_up
+from lowbudget.training.stopping import swapped_in
 
 @dataclass
 class TrainResult:
     output_dir: Path
     files: list[Path]
-    steps: int
+    steps: int  # steps run: max_steps, or fewer when a stopping rule stopped the run
     losses: list[float]
     seconds_per_step: float  # median over the steps this process ran
     startup_seconds: float  # from train() to the first step: data, model, latents
+    stopped: str = ""  # why the run stopped early; "" when it ran its budget
+    written_step: int = 0  # the step whose tensors the adapter files hold
+    evaluations: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, loss) per evaluated loss
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -71,8 +75,12 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
     order = _DataOrder(run.n_images, optim.seed, optim.batch_size, accelerator.num_processes)
     step_times: list[float] = []
     startup = time.perf_counter() - t_start
+    if run.stopper.reason:  # resumed after it had stopped early: nothing left to train
+        log(f"the run stopped early at step {run.start_step}: {run.stopper.reason}")
+    last = run.start_step if run.stopper.reason else optim.max_steps
+    done = run.start_step
     bar = _progress(progress, run.start_step, optim.max_steps)
-    for step in range(run.start_step, optim.max_steps):
+    for step in range(run.start_step, last):
         t_step = time.perf_counter()
         seed = _step_seed(optim.seed, step, accelerator.process_index)
         gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
@@ -95,7 +103,9 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
             with accelerator.autocast():
                 cond = run.condition(texts, ids)  # (B, 77, D)
                 pred = run.unet(x_t.to(run.weight_dtype), t, cond).sample  # (B, 4, h, w)
-            loss = masked_mse(pred.float(), target.float(), run.masks[idx] if run.masks is not None else None)
+            weights = (min_snr_weights(run.scheduler.alphas_cumprod, t, optim.snr_gamma, run.scheduler.config.prediction_type)
+                       if optim.snr_gamma else None)  # (B,)
+            loss = masked_mse(pred.float(), target.float(), run.masks[idx] if run.masks is not None else None, weights)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at step {step + 1}; nothing was saved from this step. "
@@ -110,42 +120,100 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
         optimizer.zero_grad(set_to_none=True)
         if not all(torch.isfinite(p).all() for p in run.trainable.values()):
             raise TrainingError(f"adapter weights became non-finite at step {step + 1}; lower the learning rate")
+        if run.ema is not None:
+            run.ema.update(run.trainable)
         losses.append(step_loss)
         step_times.append(time.perf_counter() - t_step)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         bar.update(1)
 
         done = step + 1
+        stop = _evaluate(run, recipe, done) if _validation_due(recipe, done) else False  # every process: all stop together
         if accelerator.is_main_process:
-            if _validation_due(recipe, done):
+            if _validation_due(recipe, done) and recipe.output.validation_prompts:
                 with accelerator.autocast():  # frozen weights may be bf16/fp16
                     _validate(run.base, run.bank, recipe, out / "samples" / f"step-{done:06d}.png")
             if recipe.output.checkpoint_every and done % recipe.output.checkpoint_every == 0 and done < optim.max_steps:
                 checkpoint.save_checkpoint(out, step=done, trainable=run.trainable, optimizer=optimizer,
-                                           losses=losses, recipe=recipe.to_dict())
+                                           losses=losses, recipe=recipe.to_dict(), extra=run.extra_state())
+        if stop:
+            bar.close()
+            log(f"stopped at step {done} of {optim.max_steps}: {run.stopper.reason}")
+            break
     bar.close()
 
-    written = _finish(run, recipe, out) if accelerator.is_main_process else []
+    written = _finish(run, recipe, out, done, log) if accelerator.is_main_process else []
     accelerator.wait_for_everyone()
     median = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
-    return TrainResult(out, written, optim.max_steps, losses, median, startup)
+    return TrainResult(out, written, done, losses, median, startup, stopped=run.stopper.reason,
+                       written_step=_written(run, done)[1], evaluations=run.evaluations)
 
 
-def _finish(run: Run, recipe: Recipe, out: Path) -> list[Path]:
+def _evaluate(run: Run, recipe: Recipe, step: int) -> bool:
+    """The deterministic losses due at ``step``, on the tensors that would be written (the EMA's
+    when on); True when the stopping rule says stop."""
+    losses = {}
+    modes = run.unet.training, run.base.text_encoder.training
+    run.unet.eval(), run.base.text_encoder.eval()  # no dropout: the same loss for the same tensors
+    try:
+        with swapped_in(run.trainable, run.ema.shadow) if run.ema else nullcontext(), run.accelerator.autocast():
+            for name, fixed in (("validation", run.validation_loss), ("dvar", run.dvar_loss)):
+                if fixed is not None:
+                    losses[name] = fixed(run.unet, run.condition, run.captioner.ids, dtype=run.weight_dtype,
+                                         batch_size=4 * recipe.optim.batch_size)
+                    run.evaluations[name].append((step, losses[name]))
+    finally:
+        run.unet.train(modes[0]), run.base.text_encoder.train(modes[1])
+    deciding = losses.get("dvar" if recipe.optim.stop == "dvar" else "validation")
+    if deciding is None:
+        return False
+    return run.stopper.update(step, deciding, run.ema.shadow if run.ema else run.trainable)
+
+
+def _written(run: Run, done: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The tensors the adapter files get, and their step: the best validation step under
+    stop = 'validation', the stopping step under 'dvar', else the last step; the EMA's when on."""
+    if run.stopper.kept and (run.stopper.rule == "validation" or run.stopper.reason):
+        return run.stopper.kept, run.stopper.kept_step
+    return (run.ema.shadow if run.ema else run.trainable), done
+
+
+def _finish(run: Run, recipe: Recipe, out: Path, done: int, log: Callable[[str], None]) -> list[Path]:
     """The last checkpoint, the adapter files, the loss curve and the final validation grid."""
-    checkpoint.save_checkpoint(out, step=recipe.optim.max_steps, trainable=run.trainable, optimizer=run.optimizer,
-                               losses=run.losses, recipe=recipe.to_dict())
+    checkpoint.save_checkpoint(out, step=done, trainable=run.trainable, optimizer=run.optimizer,
+                               losses=run.losses, recipe=recipe.to_dict(), extra=run.extra_state())
+    tensors, step = _written(run, done)
+    if step != done:
+        log(f"writing the adapter of step {step} (validation loss {run.stopper.best_loss:.5f}), "
+            f"the best of {len(run.stopper.history)} evaluations")
     provenance = own_files.Provenance(
         base_name=run.base.name, base_fingerprint=run.fingerprint, modality=recipe.data.modality, n_images=run.n_images,
-        steps=recipe.optim.max_steps, recipe=recipe.shareable_dict(), description=recipe.output.description,
-        license=recipe.output.license,
+        steps=step, recipe=recipe.shareable_dict(), description=recipe.output.description,
+        license=recipe.output.license, training=_training_record(run, recipe, done, step),
     )
-    written = _write_adapters(out, run.base, run.bank, recipe, provenance)
-    written.append(write_loss_curve(run.losses, out))
-    if recipe.output.validation_prompts and not recipe.output.validation_every and run.start_step < recipe.optim.max_steps:
-        with run.accelerator.autocast():
-            written.append(_validate(run.base, run.bank, recipe, out / "samples" / "final.png"))
+    with swapped_in(run.trainable, tensors):  # the adapter files read the live modules
+        written = _write_adapters(out, run.base, run.bank, recipe, provenance)
+        if recipe.output.validation_prompts and not recipe.output.validation_every and run.start_step < done:
+            with run.accelerator.autocast():
+                written.append(_validate(run.base, run.bank, recipe, out / "samples" / "final.png"))
+    written.append(write_loss_curve(run.losses, out, run.evaluations))
     return written
+
+
+def _training_record(run: Run, recipe: Recipe, done: int, step: int) -> dict[str, Any] | None:
+    """How training ended, for the adapter's header; None for a plain fixed-budget run."""
+    optim = recipe.optim
+    if optim.stop == "fixed" and not run.validation_loss and not run.ema:
+        return None
+    record: dict[str, Any] = {"stop": optim.stop, "max_steps": optim.max_steps, "steps_run": done, "written_step": step,
+                              "stopped_early": bool(run.stopper.reason), "reason": run.stopper.reason}
+    if run.evaluations["validation"]:
+        record["validation_loss"] = dict(run.evaluations["validation"]).get(step)
+        record["best_validation_step"], record["best_validation_loss"] = min(run.evaluations["validation"],
+                                                                              key=lambda e: e[1])
+    if run.ema:
+        record["ema_decay"] = optim.ema_decay
+    return record
 
 
 # --------------------------------------------------------------------------- helpers

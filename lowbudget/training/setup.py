@@ -10,7 +10,8 @@ the checkpoint to resume from. It hands the loop a :class:`Run`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,15 +23,17 @@ from accelerate.utils import DistributedDataParallelKwargs
 from lowbudget.adapters.lora import attach_lora, lora_parameters
 from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
 from lowbudget.data.dataset import ImageSet, load_image_folder
-from lowbudget.errors import TrainingError
+from lowbudget.data.split import describe_split, split_by_patient
+from lowbudget.errors import DataError, TrainingError
 from lowbudget.io import output_folder
 from lowbudget.models import BaseModel, load_base
 from lowbudget.models.embedded import cache_dir
 from lowbudget.phantoms.source import phantom_image_set
-from lowbudget.recipe import Recipe
+from lowbudget.recipe import DataConfig, Recipe
 from lowbudget.training import checkpoint
-from lowbudget.training.latents import LatentSet, encode_images
 from lowbudget.training.conditioning import Captioner, TextConditioner
+from lowbudget.training.latents import LatentSet, encode_images
+from lowbudget.training.stopping import Ema, FixedLoss, Stopper
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,8 +58,18 @@ class Run:
     condition: TextConditioner
     scheduler: Any  # the base's DDPM noise schedule
     ti_steps: int  # pivotal tuning: tokens train for the first ti_steps only
+    stopper: Stopper  # the stopping rule (optim.stop) and its state
+    validation_loss: FixedLoss | None = None  # on held-out patients (data.validation_*)
+    dvar_loss: FixedLoss | None = None  # on fixed training images (optim.stop = 'dvar')
+    ema: Ema | None = None  # optim.ema_decay
     start_step: int = 0
     losses: list[float] = field(default_factory=list)
+    evaluations: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: {"validation": [], "dvar": []})
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond tensors and optimiser to resume this run exactly."""
+        return {"stopping": self.stopper.state_dict(), "ema": self.ema.state_dict() if self.ema else {},
+                "evaluations": {k: [list(p) for p in v] for k, v in self.evaluations.items()}}
 
 
 def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) -> Run:
@@ -64,6 +77,9 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     images = phantom_image_set(data) if data.phantoms and not data.path else load_image_folder(data, warn=log)
     log(f"data: {len(images)} image(s) from {images.folder} ({images.caption_source} captions, "
         f"{len(images.skipped)} skipped)")
+    validation = _validation_images(images, data, log)
+    if validation is not None:
+        images = validation[0]
 
     accelerator = _accelerator(recipe)
     weight_dtype = DTYPES[recipe.model.precision]
@@ -83,6 +99,10 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     captioner = Captioner(images, data, base.tokenizer, bank)
     latents = _latents(base, images, accelerator.device, weight_dtype, log)
     scaling = float(base.vae.config.scaling_factor)
+    scheduler = _noise_scheduler(base, recipe)
+    validation_loss = _validation_loss(validation[1], base, bank, recipe, scheduler, accelerator.device, weight_dtype,
+                                       log) if validation is not None else None
+    dvar_loss = _dvar_loss(latents, captioner, recipe, scheduler, scaling) if optim.stop == "dvar" else None
     if not recipe.output.validation_prompts:  # validation is the VAE's only other use: free it
         base.vae = None
 
@@ -100,12 +120,60 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
         trainable=trainable, captioner=captioner, latents=latents, scaling=scaling,
         masks=latents.masks.to(accelerator.device) if latents.masks is not None else None, n_images=len(images),
         optimizer=accelerator.prepare(optimizer), unet=accelerator.prepare(base.unet) if lora else base.unet,
-        condition=TextConditioner(text_encoder, frozen=not text_trains), scheduler=_noise_scheduler(base, recipe),
+        condition=TextConditioner(text_encoder, frozen=not text_trains), scheduler=scheduler,
         ti_steps=math.ceil(method.ti_fraction * optim.max_steps) if method.kind == "ti+lora" else optim.max_steps,
+        stopper=Stopper(optim.stop, patience=optim.patience, window=optim.window, threshold=optim.dvar_threshold,
+                        min_steps=optim.min_steps),
+        validation_loss=validation_loss, dvar_loss=dvar_loss,
+        ema=Ema(trainable, optim.ema_decay) if optim.ema_decay else None,
     )
     if resume:
         _restore(run, recipe, out, log)
     return run
+
+
+# Fixed (noise, timestep) draws per image of the deterministic losses: enough to average the
+# loss over noise levels, few enough that an evaluation costs a few training steps.
+VALIDATION_DRAWS = 4
+DVAR_IMAGES, DVAR_DRAWS = 16, 2
+
+
+def _validation_images(images: ImageSet, data: DataConfig, log: Callable[[str], None]) -> tuple[ImageSet, ImageSet] | None:
+    """(training, validation) images, split by patient or read from data.validation_path; None without validation."""
+    if data.validation_path:
+        held = load_image_folder(replace(data, path=data.validation_path, max_images=0), warn=log)
+        shared = {im.patient for im in held.images} & {im.patient for im in images.images} - {None}
+        if shared:
+            raise DataError(f"data.validation_path '{data.validation_path}' holds images of {len(shared)} patient(s) "
+                            f"that also train, e.g. {sorted(shared)[0]!r}; one patient's images belong on one side")
+        split = images, held
+    elif data.validation_fraction:
+        split = split_by_patient(images, data.validation_fraction, data.validation_seed)
+    else:
+        return None
+    log(describe_split(*split))
+    return split
+
+
+def _validation_loss(images: ImageSet, base: BaseModel, bank: TokenBank | None, recipe: Recipe, scheduler: Any,
+                     device: torch.device, weight_dtype: torch.dtype, log: Callable[[str], None]) -> FixedLoss:
+    latents = _latents(base, images, device, weight_dtype, log)
+    captioner = Captioner(images, recipe.data, base.tokenizer, bank)
+    seed = recipe.data.validation_seed
+    texts = [captioner.text(i, random.Random(seed * 1_000_003 + i)) for i in range(len(images))]
+    return FixedLoss(latents.mean * float(base.vae.config.scaling_factor), texts, latents.masks, scheduler,
+                     draws=VALIDATION_DRAWS, seed=seed, min_timestep=recipe.optim.min_timestep)
+
+
+def _dvar_loss(latents: LatentSet, captioner: Captioner, recipe: Recipe, scheduler: Any, scaling: float) -> FixedLoss:
+    """DVAR's deterministic loss: up to 16 training images spread over the set, 2 draws each."""
+    n = latents.mean.shape[0]
+    idx = sorted({round(k * (n - 1) / max(1, DVAR_IMAGES - 1)) for k in range(min(n, DVAR_IMAGES))})
+    seed = recipe.optim.seed
+    texts = [captioner.text(i, random.Random(seed * 1_000_003 + i)) for i in idx]
+    masks = latents.masks[idx] if latents.masks is not None else None
+    return FixedLoss(latents.mean[idx] * scaling, texts, masks, scheduler, draws=DVAR_DRAWS, seed=seed,
+                     min_timestep=recipe.optim.min_timestep)
 
 
 def _frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype) -> BaseModel:
@@ -148,6 +216,11 @@ def _restore(run: Run, recipe: Recipe, out: Path, log: Callable[[str], None]) ->
         log(f"note: resuming with {change}")
     checkpoint.restore(state, run.trainable, run.optimizer)
     run.losses = list(state["losses"])
+    if "stopping" in state:  # checkpoints of earlier versions have none
+        run.stopper.load_state_dict(state["stopping"])
+        run.evaluations = {k: [(int(s), float(v)) for s, v in points] for k, points in state["evaluations"].items()}
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
     log(f"resuming at step {run.start_step} of {recipe.optim.max_steps}")
 
 
@@ -190,7 +263,8 @@ def _is_main_process() -> bool:
 
 
 # A resumed run must draw what the unbroken run would have drawn: these may not change.
-_FIXED_ON_RESUME = {"method": None, "optim": ("batch_size", "grad_accum", "seed", "deterministic"), "data": ("resolution",)}
+_FIXED_ON_RESUME = {"method": None, "optim": ("batch_size", "grad_accum", "seed", "deterministic"),
+                    "data": ("resolution", "validation_fraction", "validation_path", "validation_seed")}
 
 
 def changes_on_resume(saved: dict, recipe: Recipe, step: int) -> list[str]:
@@ -208,6 +282,6 @@ def changes_on_resume(saved: dict, recipe: Recipe, step: int) -> list[str]:
                 continue
             if fixed is None or key in fixed:
                 raise TrainingError(f"--resume: {table}.{key} was {before!r} in the checkpoint, now {value!r}; "
-                                    "a resumed run must keep its method, batch and seed")
+                                    "a resumed run must keep its method, batch, seed and validation split")
             notes.append(f"{table}.{key} = {value!r} (the checkpoint's run had {before!r})")
     return notes
