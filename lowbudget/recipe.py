@@ -224,7 +224,7 @@ class OptimConfig:
         "flattens (Voronov et al. 2023): the variance of its last `window` values falls below `dvar_threshold` of "
         "the variance of all of them. Losses are computed every output.validation_every steps.", "fixed")
     patience: int = _help("stop = validation: evaluations without a new best before stopping.", 5)
-    window: int = _help("stop = dvar: evaluations in the window.", 10)
+    window: int = _help("stop = dvar: evaluations in the window.", 5)
     dvar_threshold: float = _help("stop = dvar: stop when var(last window) / var(all) falls below this.", 0.15)
     min_steps: int = _help("Never stop early before this step.", 0)
     snr_gamma: float = _help("Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 = off (plain MSE).", 0.0)

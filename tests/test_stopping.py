@@ -222,3 +222,20 @@ def test_ema_is_what_gets_written(tiny_base, mixed_folder, tmp_path):
     for value in (1.0, 1.0):
         ema.update({"x": torch.tensor([value])})
     assert ema.shadow["x"].item() == pytest.approx(0.75)
+
+
+def test_the_readme_stopping_example_is_a_valid_recipe(tmp_path):
+    import re
+    import tomllib
+
+    from lowbudget.recipe import dump_toml, load_recipe
+
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                 if "validation_fraction" in b)
+    raw = tomllib.loads((ROOT / "recipes" / "phantom" / "chest-ti.toml").read_text())
+    for table, values in tomllib.loads(block).items():  # the tables the README says to add to a recipe
+        raw.setdefault(table, {}).update(values)
+    (tmp_path / "r.toml").write_text(dump_toml(raw))
+    recipe = load_recipe(tmp_path / "r.toml")
+    assert recipe.optim.stop == "validation" and recipe.data.validation_fraction == 0.2
+    assert recipe.output.validation_every == 50

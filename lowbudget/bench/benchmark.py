@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from lowbudget.bench.compose_check import compose_checks
+from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
 from lowbudget.bench.tables import markdown_table, save_pngs, save_strip
 from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
                                       modality_of, open_with, recognised_rate, train_finding, training_rate)
@@ -34,7 +35,7 @@ from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 
-SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose")
+SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose", "convergence")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class BenchmarkConfig:
     downstream_seeds: tuple[int, ...] = (0, 1, 2)
     diversity_groups: int = 8
     compose_seeds: int = 8
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
     quick_mode: bool = False
 
     def __post_init__(self) -> None:
@@ -238,8 +240,28 @@ def _compose(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
     return compose_checks(cfg, output, log)
 
 
+def _convergence(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
+    conv, budget, rows, data = cfg.convergence, cfg.token.steps, [], {}
+    rules = list(conv.rules)
+    for finding in cfg.findings:
+        records = convergence(replace(cfg.token, finding=finding), conv, output / "runs" / "convergence", cfg.sampling, log)
+        data[finding] = {"records": records, "claim": {rule: claim_holds(records, rule, budget) for rule in rules}}
+        rows.append(summary_row(finding, records, rules, budget)
+                    + [", ".join(f"{rule} {'yes' if data[finding]['claim'][rule] else 'no'}" for rule in rules)])
+    header = ["finding", f"steps to >= {TARGET} (per seed)", f"fixed {budget} steps"]
+    for rule in rules:
+        header += [f"{rule}: step written", f"{rule}: fidelity"]
+    header += ["claim holds"]
+    notes = [f"Fidelity: detector rate of {conv.n_final} images with the token (along the fixed run: {conv.n_check} "
+             f"images every {conv.every} steps); mean ± std over seeds {', '.join(map(str, conv.seeds))}. Early stopping "
+             f"computes its loss every {conv.validate_every} steps; " + "; ".join(f"{rule}: {changes}" for rule, changes in conv.rules.items())
+             + f". Claim: early-stopped fidelity >= fixed - 0.05 with at most {budget // 3} steps."]
+    return markdown_table(header, rows) + [""] + notes, data
+
+
 _RUNNERS = {"detectors": _detectors, "base": _base, "fidelity": _fidelity, "sweep": _sweep,
-            "downstream": _downstream, "diversity": _diversity, "methods": _methods, "compose": _compose}
+            "downstream": _downstream, "diversity": _diversity, "methods": _methods, "compose": _compose,
+            "convergence": _convergence}
 
 
 def _write_class_folders(folder: Path, modality: str, finding: str, per_class: int, seed: int) -> Path:

@@ -70,7 +70,7 @@ class Stopper:
 
     rule: str  # fixed | validation | dvar
     patience: int = 5
-    window: int = 10
+    window: int = 5
     threshold: float = 0.15
     min_steps: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every evaluation
