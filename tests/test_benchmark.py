@@ -101,3 +101,22 @@ def test_sampling_checks_meet_their_targets_at_reduced_size(shared_pipe):
     assert inpainted["pixels_changed_outside"] == 0
     changed_inside = np.abs(inpainted["images"] - inpainted["originals"]).max()
     assert changed_inside > 0.05  # and the box was repainted
+
+
+def test_the_convergence_section_sets_steps_to_fidelity_against_early_stopping(tmp_path):
+    from dataclasses import replace
+
+    from lowbudget.bench.benchmark import BenchmarkConfig, run_benchmark
+    from lowbudget.bench.convergence import ConvergenceConfig
+
+    cfg = BenchmarkConfig.quick()
+    cfg = replace(cfg, token=replace(cfg.token, steps=20),
+                  convergence=ConvergenceConfig(every=10, seeds=(0,), n_check=2, n_final=2, validate_every=5),
+                  sampling=replace(cfg.sampling, steps=5))
+    report = run_benchmark(tmp_path, cfg, sections=("convergence",), log=lambda s: None).read_text()
+    results = json.loads((tmp_path / "results.json").read_text())["convergence"]["effusion"]
+    record = results["records"][0]
+    assert [k for k, _ in record["curve"]] == [10, 20] and all(0 <= r <= 1 for _, r in record["curve"])
+    assert record["dvar"]["written_step"] <= 20 and record["validation"]["written_step"] <= 20
+    assert set(results["claim"]) == {"dvar", "validation"}
+    assert "| effusion |" in report and "dvar: step written" in report

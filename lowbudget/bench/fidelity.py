@@ -70,6 +70,7 @@ class TokenSpec:
     min_timestep: int = 0
     seed: int = 0
     data_seed: int = 0
+    captions: str = ""  # data.captions; "" = the phantoms' own, or the template for tokens over 48 vectors
 
 
 def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
@@ -81,7 +82,7 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
     fmt = "{caption}" if spec.method == "lora" else "{caption} with {token}"
     # A phantom caption is up to ~24 CLIP tokens: with 64 vectors it would pass the 77-token
     # limit, so long tokens train on the modality template instead.
-    captions = "templates" if spec.n_vectors > 48 else "auto"
+    captions = spec.captions or ("templates" if spec.n_vectors > 48 else "auto")
     return Recipe(
         data=DataConfig(phantoms=f"{modality}/{drawn}", phantoms_n=spec.n_images, phantoms_seed=spec.data_seed,
                         modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
