@@ -14,7 +14,7 @@ from lowbudget.adapters.own_files import TRAINING, read_header
 from lowbudget.data.dataset import load_image_folder
 from lowbudget.data.split import split_by_patient
 from lowbudget.errors import DataError, RecipeError
-from lowbudget.recipe import DataConfig, OptimConfig, OutputConfig, Recipe
+from lowbudget.recipe import DataConfig, Recipe
 from lowbudget.training import checkpoint, train
 from lowbudget.training.loss import masked_mse, min_snr_weights
 from lowbudget.training.stopping import Ema, Stopper, dvar_ratio

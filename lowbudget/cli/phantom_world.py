@@ -100,7 +100,7 @@ def benchmark(
     quick: Annotated[bool, typer.Option("--quick",
         help="One finding, reduced sizes (about 5 minutes on 2 cores).")] = False,
     sections: Annotated[str, typer.Option("--sections",
-        help="Comma-separated: detectors,base,fidelity,sweep,downstream,diversity,methods,compose.")] = "all",
+        help="Comma-separated: detectors,base,fidelity,sweep,downstream,diversity,methods,compose,convergence.")] = "all",
     findings: Annotated[str, typer.Option("--findings",
         help="Comma-separated findings (default: all; quick: effusion); "
              "the first is the one sweep, downstream, diversity and methods study.")] = "",
