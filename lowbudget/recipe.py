@@ -78,6 +78,10 @@ class DataConfig:
     nifti_axis: int = _help("NIfTI: slicing axis (2 = axial for RAS volumes).", 2)
     nifti_slice: int = _help("NIfTI: slice index along nifti_axis (-1 = middle slice).", -1)
     mask_dir: str = _help("Optional folder of loss masks (PNG, same file stem as the image; white = train).", "")
+    long_captions: str = _help(
+        "error | trim: a caption that passes the text encoder's 77 tokens once the token's vectors are expanded is "
+        "an error, or loses words from its end until it fits (the token and caption_format's words are kept).",
+        "error")
     validation_fraction: float = _help(
         "Hold out this fraction of the patients for the validation loss (0 = none). Patients come from a "
         "patient_id (else study_id) column of metadata.jsonl or the captions CSV; without one, every image is its "
@@ -104,6 +108,7 @@ class DataConfig:
             raise RecipeError(f"data.phantoms = {self.phantoms!r}; expected 'MODALITY/FINDING', e.g. 'chest/effusion'")
         _positive("data.phantoms_n", self.phantoms_n)
         checks.seed("data.phantoms_seed", self.phantoms_seed, RecipeError)
+        _choice("data.long_captions", self.long_captions, ("error", "trim"))
         checks.within("data.validation_fraction", self.validation_fraction, 0.0, 0.9, RecipeError)
         if self.validation_fraction and self.validation_path:
             raise RecipeError("give data.validation_fraction or data.validation_path, not both")

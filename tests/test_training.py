@@ -196,3 +196,25 @@ def test_learning_rate_warmup_and_decay():
     assert [lr_factor(s, total=10, warmup=3, shape="constant") for s in (0, 2, 3, 9)] == [1 / 3, 1.0, 1.0, 1.0]
     # pretraining's schedule is the same function: warm-up, then cosine to ~0 at the last step
     assert lr_factor(200, total=1000, warmup=200) == 1.0 and lr_factor(999, total=1000, warmup=200) < 1e-4
+
+
+def test_long_captions_are_refused_or_trimmed_to_fit_beside_many_vectors(tiny_base, tmp_path):
+    import json
+
+    from helpers import noise_png
+
+    words = "of a broad patient , dark film , with a pacemaker , chest drain , and a wide mediastinum seen " * 3
+    for i in range(2):
+        noise_png(tmp_path / "data" / f"im{i}.png", seed=i)
+    (tmp_path / "data" / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"im{i}.png", "text": f"a chest x-ray {words}"}) + "\n" for i in range(2)))
+    recipe = tiny_recipe(tmp_path / "data", tmp_path / "a", tiny_base, "ti", steps=1)
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, captions="metadata",
+                                                                  caption_format="{caption} with {token}"),
+                                 method=dataclasses.replace(recipe.method, tokens=[TokenConfig("<e>", "fluid", 40)]))
+    with pytest.raises(DataError, match='tokens with the learned vectors expanded; the limit is 77.*long_captions = "trim"'):
+        train(recipe, **quiet)
+    trimmed = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, long_captions="trim"),
+                                  output=dataclasses.replace(recipe.output, dir=str(tmp_path / "b")))
+    result = train(trimmed, **quiet)
+    assert result.steps == 1 and load_file(tmp_path / "b" / "e.safetensors")["<e>"].shape == (40, 32)

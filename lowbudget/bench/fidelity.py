@@ -71,6 +71,7 @@ class TokenSpec:
     seed: int = 0
     data_seed: int = 0
     captions: str = ""  # data.captions; "" = the phantoms' own, or the template for tokens over 48 vectors
+    long_captions: str = "error"  # data.long_captions: "trim" keeps the phantoms' captions beside many vectors
 
 
 def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
@@ -86,6 +87,7 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
     return Recipe(
         data=DataConfig(phantoms=f"{modality}/{drawn}", phantoms_n=spec.n_images, phantoms_seed=spec.data_seed,
                         modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
+                        long_captions=spec.long_captions,
                         templates=[fmt.replace("{caption}", MODALITIES[modality].plain_prompt)]),
         model=ModelConfig(base=base),
         method=MethodConfig(kind=spec.method, tokens=tokens),

@@ -21,11 +21,11 @@ from lowbudget.recipe import DataConfig
 
 class Captioner:
     def __init__(self, images: ImageSet, cfg: DataConfig, tokenizer, bank: TokenBank | None) -> None:
-        self.raw = [im.caption for im in images.images]
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.bank = bank
         self.token_text = " ".join(bank.names) if bank else ""
+        self.raw = [self._fit(im.caption) for im in images.images]
         self._check_captions()
 
     def text(self, index: int, rng: random.Random) -> str:
@@ -35,6 +35,21 @@ class Captioner:
     def ids(self, texts: list[str]) -> torch.Tensor:  # -> (B, 77)
         return self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
+
+    def _length(self, text: str) -> int:
+        """CLIP tokens of a training text, the learned vectors expanded."""
+        full = " ".join(text.replace("{token}", self.token_text).split())
+        return len(self.tokenizer(self.bank.expand(full) if self.bank else full).input_ids)
+
+    def _fit(self, raw: str | None) -> str | None:
+        """With data.long_captions = 'trim', the image's caption without the words that would
+        pass the 77-token limit (a 64-vector token leaves room for about 10 words)."""
+        if raw is None or self.cfg.long_captions != "trim":
+            return raw
+        words, limit = raw.split(), self.tokenizer.model_max_length
+        while words and self._length(self.cfg.caption_format.replace("{caption}", " ".join(words))) > limit:
+            words.pop()
+        return " ".join(words)
 
     def _check_captions(self) -> None:
         """Fail before training on captions that would be truncated or never show the token."""
@@ -51,11 +66,11 @@ class Captioner:
                     f"caption {text[:60]!r} never mentions a learned token, so the token cannot learn from it; "
                     "add {token} to data.templates / data.caption_format"
                 )
-            n = len(self.tokenizer(full).input_ids)
+            n = self._length(text)
             if n > limit:
                 raise DataError(
                     f"caption {text[:60]!r} is {n} tokens with the learned vectors expanded; the limit is {limit}. "
-                    "Shorten it or use fewer vectors per token"
+                    "Shorten it, use fewer vectors per token, or set data.long_captions = \"trim\""
                 )
 
 
