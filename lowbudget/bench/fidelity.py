@@ -70,8 +70,8 @@ class TokenSpec:
     min_timestep: int = 0
     seed: int = 0
     data_seed: int = 0
-    captions: str = ""  # data.captions; "" = the phantoms' own, or the template for tokens over 48 vectors
-    long_captions: str = "error"  # data.long_captions: "trim" keeps the phantoms' captions beside many vectors
+    captions: str = "auto"  # data.captions: the phantoms' own; "templates" for the modality template
+    long_captions: str = ""  # data.long_captions; "" = "trim" for tokens over 48 vectors, else "error"
 
 
 def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
@@ -82,12 +82,14 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
     drawn = "none" if spec.finding.startswith("healthy-") else spec.finding  # healthy: no finding at all
     fmt = "{caption}" if spec.method == "lora" else "{caption} with {token}"
     # A phantom caption is up to ~24 CLIP tokens: with 64 vectors it would pass the 77-token
-    # limit, so long tokens train on the modality template instead.
-    captions = spec.captions or ("templates" if spec.n_vectors > 48 else "auto")
+    # limit. Long tokens keep the captions, shortened to fit: on the modality template instead,
+    # 64 vectors scored 0.77 against 0.94 trimmed (benchmarks/vectors.py, PHANTOM_RESULTS.md).
+    captions = spec.captions
+    long_captions = spec.long_captions or ("trim" if spec.n_vectors > 48 else "error")
     return Recipe(
         data=DataConfig(phantoms=f"{modality}/{drawn}", phantoms_n=spec.n_images, phantoms_seed=spec.data_seed,
                         modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
-                        long_captions=spec.long_captions,
+                        long_captions=long_captions,
                         templates=[fmt.replace("{caption}", MODALITIES[modality].plain_prompt)]),
         model=ModelConfig(base=base),
         method=MethodConfig(kind=spec.method, tokens=tokens),
