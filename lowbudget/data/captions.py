@@ -27,19 +27,32 @@ def read_metadata_jsonl(path: Path) -> dict[str, str]:
     be strings (a ``null`` caption would otherwise train on the word "None").
     """
     captions: dict[str, str] = {}
-    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, row in _jsonl_rows(path):
         try:
-            row = json.loads(line)
             name, text = row["file_name"], row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except KeyError:
             raise DataError(f"{path}:{number} is not a JSON object with 'file_name' and 'text' keys") from None
         for key, value in (("file_name", name), ("text", text)):
             if not isinstance(value, str):
                 raise DataError(f"{path}:{number}: \"{key}\" is {json.dumps(value)}; expected a string")
         captions[_key(name)] = text
     return captions
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file."""
+    rows = []
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number} is not a JSON object with 'file_name' and 'text' keys")
+        rows.append((number, row))
+    return rows
 
 
 def read_utf8(path: Path) -> str:
@@ -82,10 +95,7 @@ def resolve_caption_source(folder: Path, cfg: DataConfig) -> tuple[str, dict[str
     if source == "csv":
         if not cfg.captions_csv:
             raise DataError("data.captions = 'csv' needs data.captions_csv = '<file.csv>'")
-        csv_path = Path(cfg.captions_csv).expanduser()
-        if not csv_path.is_absolute() and not csv_path.exists():
-            csv_path = folder / csv_path
-        return source, read_caption_csv(csv_path, cfg.csv_file_column, cfg.csv_text_column)
+        return source, read_caption_csv(_csv_path(folder, cfg), cfg.csv_file_column, cfg.csv_text_column)
     return "templates", None
 
 
@@ -105,23 +115,18 @@ def read_patient_ids(folder: Path, cfg: DataConfig) -> tuple[str | None, dict[st
     return None, {}
 
 
+def _csv_path(folder: Path, cfg: DataConfig) -> Path:
+    """data.captions_csv as given, else relative to the data folder."""
+    path = Path(cfg.captions_csv).expanduser()
+    return path if path.is_absolute() or path.exists() else folder / path
+
+
 def _metadata_rows(folder: Path, cfg: DataConfig) -> tuple[Path | None, list[dict]]:
     meta = folder / METADATA_FILE
     if meta.is_file():
-        rows = []
-        for number, line in enumerate(read_utf8(meta).splitlines(), start=1):
-            try:
-                row = json.loads(line) if line.strip() else {}
-            except json.JSONDecodeError:
-                raise DataError(f"{meta}:{number} is not a JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{meta}:{number} is not a JSON object")
-            if row:
-                rows.append(row)
-        return meta, rows
+        return meta, [row for _, row in _jsonl_rows(meta)]
     if cfg.captions_csv:
-        csv_path = Path(cfg.captions_csv).expanduser()
-        csv_path = csv_path if csv_path.is_absolute() or csv_path.exists() else folder / csv_path
+        csv_path = _csv_path(folder, cfg)
         if csv_path.is_file():
             with io.StringIO(read_utf8(csv_path), newline="") as fh:
                 return csv_path, [{**row, "file_name": row.get(cfg.csv_file_column, "")} for row in csv.DictReader(fh)]

@@ -32,6 +32,11 @@ class TrainingImage:
     patient: str | None = None  # from a patient_id / study_id column; None = a patient of its own
 
     @property
+    def patient_key(self) -> str:
+        """Who the image belongs to: its patient, else itself (a key no patient id can equal)."""
+        return self.patient if self.patient is not None else f"\0{self.path}"
+
+    @property
     def digest(self) -> str:
         """Content hash of the preprocessed pixels (the latent cache key)."""
         return hashlib.sha256(self.pixels.tobytes()).hexdigest()

@@ -20,7 +20,7 @@ def split_by_patient(images: ImageSet, fraction: float, seed: int) -> tuple[Imag
     least one left to train on; the same patients for the same seed and images."""
     groups: dict[str, list[int]] = {}
     for i, image in enumerate(images.images):
-        groups.setdefault(image.patient if image.patient is not None else f"\0{image.path}", []).append(i)
+        groups.setdefault(image.patient_key, []).append(i)
     if len(groups) < 2:
         raise DataError(f"data.validation_fraction needs images of at least 2 patients; '{images.folder}' has "
                         f"{len(images)} image(s) of one patient ({images.patient_column} column)")
@@ -36,7 +36,7 @@ def split_by_patient(images: ImageSet, fraction: float, seed: int) -> tuple[Imag
 def describe_split(train: ImageSet, validation: ImageSet) -> str:
     """One line for the log: how many images and patients on each side, and where patients came from."""
     def patients(s: ImageSet) -> int:
-        return len({im.patient if im.patient is not None else im.path for im in s.images})
+        return len({im.patient_key for im in s.images})
 
     source = f"{train.patient_column} column" if train.patient_column else "no patient column: one patient per image"
     return (f"validation: {len(validation)} image(s) of {patients(validation)} patient(s) held out, "

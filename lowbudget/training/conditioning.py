@@ -36,10 +36,14 @@ class Captioner:
         return self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
 
+    def _expanded(self, text: str) -> str:
+        """A caption or template as the text encoder sees it: {token} filled, vectors expanded."""
+        full = " ".join(text.replace("{token}", self.token_text).split())
+        return self.bank.expand(full) if self.bank else full
+
     def _length(self, text: str) -> int:
         """CLIP tokens of a training text, the learned vectors expanded."""
-        full = " ".join(text.replace("{token}", self.token_text).split())
-        return len(self.tokenizer(self.bank.expand(full) if self.bank else full).input_ids)
+        return len(self.tokenizer(self._expanded(text)).input_ids)
 
     def _fit(self, raw: str | None) -> str | None:
         """With data.long_captions = 'trim', the image's caption without the words that would
@@ -59,14 +63,13 @@ class Captioner:
         candidates |= {self.cfg.caption_format.replace("{caption}", r) for r in self.raw if r is not None}
         limit = self.tokenizer.model_max_length
         for text in sorted(candidates):
-            full = " ".join(text.replace("{token}", self.token_text).split())
-            full = self.bank.expand(full) if self.bank else full
+            full = self._expanded(text)
             if self.bank and not any(name in full for name in self.bank.names):
                 raise DataError(
                     f"caption {text[:60]!r} never mentions a learned token, so the token cannot learn from it; "
                     "add {token} to data.templates / data.caption_format"
                 )
-            n = self._length(text)
+            n = len(self.tokenizer(full).input_ids)
             if n > limit:
                 raise DataError(
                     f"caption {text[:60]!r} is {n} tokens with the learned vectors expanded; the limit is {limit}. "

@@ -100,8 +100,8 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     latents = _latents(base, images, accelerator.device, weight_dtype, log)
     scaling = float(base.vae.config.scaling_factor)
     scheduler = _noise_scheduler(base, recipe)
-    validation_loss = _validation_loss(validation[1], base, bank, recipe, scheduler, accelerator.device, weight_dtype,
-                                       log) if validation is not None else None
+    validation_loss = _validation_loss(validation[1], base, bank, recipe, scheduler, scaling, accelerator.device,
+                                       weight_dtype, log) if validation is not None else None
     dvar_loss = _dvar_loss(latents, captioner, recipe, scheduler, scaling) if optim.stop == "dvar" else None
     if not recipe.output.validation_prompts:  # validation is the VAE's only other use: free it
         base.vae = None
@@ -156,12 +156,13 @@ def _validation_images(images: ImageSet, data: DataConfig, log: Callable[[str], 
 
 
 def _validation_loss(images: ImageSet, base: BaseModel, bank: TokenBank | None, recipe: Recipe, scheduler: Any,
-                     device: torch.device, weight_dtype: torch.dtype, log: Callable[[str], None]) -> FixedLoss:
+                     scaling: float, device: torch.device, weight_dtype: torch.dtype,
+                     log: Callable[[str], None]) -> FixedLoss:
     latents = _latents(base, images, device, weight_dtype, log)
     captioner = Captioner(images, recipe.data, base.tokenizer, bank)
     seed = recipe.data.validation_seed
     texts = [captioner.text(i, random.Random(seed * 1_000_003 + i)) for i in range(len(images))]
-    return FixedLoss(latents.mean * float(base.vae.config.scaling_factor), texts, latents.masks, scheduler,
+    return FixedLoss(latents.mean * scaling, texts, latents.masks, scheduler,
                      draws=VALIDATION_DRAWS, seed=seed, min_timestep=recipe.optim.min_timestep)
 
 
