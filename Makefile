@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 demo: setup
 	$(BIN)/lowbudget phantom images chest --finding effusion -n 100 --format mixed --output $(DEMO_DIR)/phantoms
-	$(BIN)/lowbudget train recipes/phantom/chest-ti.toml --data $(DEMO_DIR)/phantoms --output $(DEMO_DIR)/effusion-ti --quiet
+	$(BIN)/lowbudget train recipes/phantom/chest-ti.toml --data $(DEMO_DIR)/phantoms --output $(DEMO_DIR)/effusion-ti
 	$(BIN)/lowbudget phantom report $(DEMO_DIR)/effusion-ti/effusion.safetensors --finding effusion --output $(DEMO_DIR)/report
 
 test: setup

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,7 +337,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     try:
         return _build(Recipe, raw, "")
     except RecipeError as exc:
-        raise RecipeError(f"recipe '{path}': {exc}") from None
+        raise RecipeError(f"recipe '{path}': {exc}{_set_syntax(str(exc), overrides or {})}") from None
+
+
+def _set_syntax(message: str, overrides: dict[str, Any]) -> str:
+    """When an error is about the value of a key given with --set, how --set values are written."""
+    if "unknown key" in message or not any(k in message for k in overrides):
+        return ""
+    return ("; --set values are TOML: --set data.templates='[\"a {token}\"]' (a list), --set optim.lr_ti=1e-2 "
+            "(a number), --set data.intensity=dtype (a bare word is a string)")
 
 
 def build_config(cls: type[T], overrides: dict[str, Any]) -> T:
@@ -345,7 +354,10 @@ def build_config(cls: type[T], overrides: dict[str, Any]) -> T:
     raw: dict[str, Any] = {}
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
-    return _build(cls, raw, "")
+    try:
+        return _build(cls, raw, "")
+    except RecipeError as exc:
+        raise RecipeError(f"{exc}{_set_syntax(str(exc), overrides)}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -428,6 +440,44 @@ def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
     for key, table in tables:
         lines += ["", f"[{prefix}{key}]", dump_toml(table, f"{prefix}{key}.").rstrip()]
     return "\n".join(lines).strip() + "\n"
+
+
+def explained_toml(config: Any, prefix: str = "") -> str:
+    """A config dataclass as TOML with each key's help text above it as a comment: the resolved
+    recipe that documents itself."""
+    lines, tables = [], []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f"[{prefix}{f.name}]", value, f"{prefix}{f.name}."))
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            tables += [(f"[[{prefix}{f.name}]]", v, f"{prefix}{f.name}.") for v in value]
+        else:
+            lines += [f"# {line}" for line in textwrap.wrap(f.metadata.get("help", ""), 98)]
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    for header, table, inner in tables:
+        lines += ["", header, explained_toml(table, inner).rstrip()]
+    return "\n".join(lines).strip() + "\n"
+
+
+def shipped_recipes() -> Path:
+    """The recipes/ folder of a lowbudget checkout (beside the package), relative to the working
+    directory when it is inside it, so that the paths listed can be typed as they are."""
+    folder = Path(__file__).resolve().parents[1] / "recipes"
+    try:
+        return folder.relative_to(Path.cwd())
+    except ValueError:
+        return folder
+
+
+def recipe_summary(path: Path) -> str:
+    """A recipe file's first comment line (what it is for), without the '#'."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return "(no description)"
 
 
 def _is_table_list(value: Any) -> bool:

@@ -22,26 +22,86 @@ def save_png(image: Image.Image, path: str | Path, *, text: dict[str, str] | Non
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
-def image_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (), pad: int = 4) -> Image.Image:
-    """Images in rows, each row optionally captioned above (a prompt, a seed, a weight)."""
-    font = ImageFont.load_default()
+def image_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (), *,
+               column_labels: Sequence[str] = (), cell_labels: Sequence[Sequence[str]] = (), title: str = "",
+               min_cell: int = 128, pad: int = 6) -> Image.Image:
+    """Images in rows, labelled for a reader: a title on top, a header over each column (a
+    weight, a prompt), a label left of each row (a seed, a prompt), a caption over each cell
+    (lines split at '\n').
+
+    Cells smaller than ``min_cell`` pixels are enlarged by a whole factor, pixel for pixel
+    (nearest neighbour: no detail is invented), so that a 64-px phantom is not a thumbnail.
+    """
+    font = ImageFont.load_default(size=_FONT_SIZE)
     cell_w = max(im.width for row in rows for im in row)
     cell_h = max(im.height for row in rows for im in row)
-    label_h = 14 if row_labels else 0
+    zoom = max(1, -(-min_cell // max(cell_w, cell_h)))  # a whole factor
+    cell_w, cell_h = cell_w * zoom, cell_h * zoom
     n_cols = max(len(row) for row in rows)
-    grid = Image.new("RGB", (n_cols * (cell_w + pad) + pad, len(rows) * (cell_h + label_h + pad) + pad), "white")
+    margin = min(220, max([_width(font, t) for t in row_labels] + [0])) + pad if row_labels else 0
+    heads = [_wrap(font, t, cell_w, 2) for t in column_labels]
+    head_h = max([len(h) for h in heads] + [0]) * _LINE
+    captions = [[_caption_lines(font, t, cell_w) for t in r] for r in cell_labels]
+    caption_h = max([len(c) for r in captions for c in r] + [0]) * _LINE
+    width = margin + n_cols * (cell_w + pad) + pad
+    titled = _wrap(font, title, width - 2 * pad, 3) if title else []
+    top0 = pad + len(titled) * _LINE + (head_h + pad if heads else 0)
+    row_h = caption_h + cell_h + pad
+    grid = Image.new("RGB", (width, top0 + len(rows) * row_h), "white")
     draw = ImageDraw.Draw(grid)
+    for i, line in enumerate(titled):
+        draw.text((pad, pad + i * _LINE), line, fill="black", font=font)
+    for c, head in enumerate(heads):
+        for i, line in enumerate(head):
+            draw.text((margin + pad + c * (cell_w + pad), top0 - head_h - pad + i * _LINE), line, fill="black", font=font)
     for r, row in enumerate(rows):
-        top = pad + r * (cell_h + label_h + pad)
+        top = top0 + r * row_h
         if r < len(row_labels):
-            draw.text((pad, top), _fit(row_labels[r], grid.width // 6), fill="black", font=font)
+            lines = _wrap(font, row_labels[r], margin - pad, max(1, (caption_h + cell_h) // _LINE))
+            for i, line in enumerate(lines):
+                draw.text((pad, top + caption_h + i * _LINE), line, fill="black", font=font)
         for c, im in enumerate(row):
-            grid.paste(im.convert("RGB"), (pad + c * (cell_w + pad), top + label_h))
+            x = margin + pad + c * (cell_w + pad)
+            if r < len(captions) and c < len(captions[r]):
+                for i, line in enumerate(captions[r][c]):
+                    draw.text((x, top + i * _LINE), line, fill="black", font=font)
+            grid.paste(im.convert("RGB").resize((im.width * zoom, im.height * zoom), Image.NEAREST), (x, top + caption_h))
     return grid
 
 
-def _fit(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+_FONT_SIZE, _LINE = 13, 16  # points, and pixels per line of text
+
+
+def _caption_lines(font, text: str, width: int) -> list[str]:
+    """A cell's caption: a line per '\n'-separated part, each part wrapped to at most 2 lines."""
+    return [line for part in text.split("\n") for line in _wrap(font, part, width, 2)]
+
+
+def _width(font, text: str) -> int:
+    return int(font.getlength(text)) + 2
+
+
+def _wrap(font, text: str, width: int, max_lines: int) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken at spaces; the last line ends in
+    '…' when the text does not fit in ``max_lines``."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and _width(font, f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += "…"
+    return [_fit(font, line, width) for line in lines] or [""]
+
+
+def _fit(font, text: str, width: int) -> str:
+    if _width(font, text) <= width:
+        return text
+    while text and _width(font, text + "…") > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def _canvas(size: tuple[int, int], title: str, left: int):
@@ -118,7 +178,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], errors: Sequence[f
             xm = (x0 + x1) / 2
             draw.line((xm, ye0, xm, ye1), fill="black", width=2)
         draw.text((x0, y - 14), f"{v:.4g}" + (f" ± {e:.2g}" if e else ""), fill="black", font=font)
-        draw.text((x0, base_y + 6), _fit(label, int(slot // 6)), fill="black", font=font)
+        draw.text((x0, base_y + 6), _fit(font, label, int(slot)), fill="black", font=font)
     return img
 
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lowbudget"
 # own package (a folder, or a top-level module) and from lower layers only.
 LAYERS = [
     {"errors", "version", "assets"},
-    {"checks", "stats", "io"},
+    {"checks", "stats", "io", "progress"},
     {"viz", "recipe"},
     {"models", "data"},
     {"adapters", "evaluate", "phantoms"},

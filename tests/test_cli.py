@@ -1,12 +1,16 @@
 """The command line: each bad input gives one line, exit code 1, no traceback."""
 
 import re
+from pathlib import Path
 import sys
 
 import pytest
 
 from helpers import ROOT, assert_one_line_error, run
 from lowbudget.cli import main
+from lowbudget.recipe import load_recipe, tomllib
+
+
 
 def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, mixed_folder, tmp_path):
     recipe = ROOT / "recipes" / "phantom" / "chest-ti.toml"
@@ -27,7 +31,10 @@ def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, 
     (["train", "{recipe}", "--set", "optim.lr_ti=-1"], r"optim.lr_ti = -1.0 must be > 0"),
     (["train", "{recipe}", "--data", "{tmp}/missing"], r"data folder '.*missing' does not exist"),
     (["train", "{recipe}", "--data", "{tmp}", "--set", "data.captions=auto"], r"has no usable training image \(no PNG/JPEG/TIFF"),
-    (["train", "{recipe}", "--data", "{tmp}"], r"data.captions = .metadata. but .*metadata.jsonl. does not exist"),
+    (["train", "{recipe}", "--data", "{tmp}"], r"data.captions = .metadata. but .*metadata.jsonl. does not exist; "
+                                              r"write one .*or caption every image from data.templates with --set data.captions=templates"),
+    (["train", "{recipe}", "--set", "data.templates=a {{token}}"],
+     r"data.templates must be a list, got 'a \{token\}'; --set values are TOML: --set data.templates='\[\"a \{token\}\"\]' \(a list\)"),
     (["train", "{recipe}", "--data", "{data}", "--base", "{tmp}/nobase"], r"base model '.*nobase' does not exist"),
     (["train", "{recipe}", "--data", "{data}", "--output", "{tmp}/o", "--resume"], r"--resume: no checkpoint at"),
     (["train", "{recipe}", "--data", "{data}", "--set", "model.precision=fp16"], r"'fp16' needs a CUDA GPU"),
@@ -78,9 +85,26 @@ def test_phantom_commands_keep_their_old_names_hidden_and_deprecated(monkeypatch
            [p.read_bytes() for p in sorted((tmp_path / "new").glob("*.png"))]
 
 
-def test_check_recipe_prints_the_resolved_recipe(monkeypatch, capsys):
-    code, out, _ = run(monkeypatch, capsys, "check-recipe", ROOT / "recipes" / "chest-xray" / "sd15-ti.toml")
+def test_check_recipe_prints_the_resolved_recipe_with_each_keys_meaning(monkeypatch, capsys):
+    path = ROOT / "recipes" / "chest-xray" / "sd15-ti.toml"
+    code, out, _ = run(monkeypatch, capsys, "check-recipe", path)
     assert code == 0 and "n_vectors = 64" in out and "lr_lora = 0.0001" in out
+    lines = out.splitlines()
+    at = lines.index("resolution = 512")
+    assert lines[at - 1] == "# Training resolution in pixels; images are resized and centre-cropped."
+    assert tomllib.loads(out) == tomllib.loads(load_recipe(path).to_toml())  # the comments change no value
+
+
+def test_recipes_lists_every_shipped_recipe_with_what_it_is_for(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "recipes")
+    assert code == 0
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()}
+    shipped = sorted((ROOT / "recipes").rglob("*.toml"))
+    assert len(listed) == len(shipped) and all(Path(p).name in {s.name for s in shipped} for p in listed)
+    demo = next(v for k, v in listed.items() if k.endswith("phantom/chest-ti.toml"))
+    assert demo == "The demo: learn a pleural-effusion token on the embedded phantom base."
+    code, _, err = run(monkeypatch, capsys, "recipes", ROOT / "tests")
+    assert_one_line_error(code, err, r"no recipes \(\*.toml\) in '.*tests'")
 
 
 def test_usage_errors_keep_clicks_exit_code(monkeypatch, capsys):
@@ -104,3 +128,17 @@ def test_readme_sd15_command_on_an_sd1_shaped_tiny_base(monkeypatch, capsys, tmp
     emb = load_file(tmp_path / "o" / "chest-xray.safetensors")["<chest-xray>"]
     assert emb.shape == (64, 768) and emb.dtype.is_floating_point
     assert (tmp_path / "o" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_one_name_for_the_embedded_base(monkeypatch, capsys, tmp_path):
+    code, out, err = run(monkeypatch, capsys, "inspect", ROOT / "embeddings" / "effusion.safetensors", "--base", "embedded")
+    assert code == 0 and re.search(r"fits base\s+yes", out), out + err
+    code, out, _ = run(monkeypatch, capsys, "base-path")
+    folder = Path(out.strip())
+    assert code == 0 and (folder / "model_index.json").is_file()
+    from diffusers import StableDiffusionPipeline  # plain diffusers loads it as it is
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
+    assert pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 64
+    code, _, err = run(monkeypatch, capsys, "library", "verify", "--base", "sd15")
+    assert_one_line_error(code, err, r"--base 'sd15' must look like NAME=PATH")

@@ -182,7 +182,7 @@ def test_no_command_mixes_into_or_replaces_what_it_did_not_write(monkeypatch, ca
         ["inpaint", photo, "--prompt", "x", "--box", "1,1,9,9", *fast, "--output", photo],
         ["train", ROOT / "recipes/phantom/chest-ti.toml", "--data", mixed_folder, "--output", mine],
         ["evaluate", "diversity", "--generated", mixed_folder, "--output", mine],
-        ["library", "add", save_embedding(tmp_path / "e.safetensors", "<e>", torch.randn(2, 32), Provenance("b", "f")),
+        ["library", "add", save_embedding(tmp_path / "e.safetensors", "<e>", torch.randn(2, 64), Provenance("b", "f")),
          "--library", mine],
     ]
     for args in refusals:

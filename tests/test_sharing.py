@@ -133,7 +133,7 @@ def test_commands_refuse_what_does_not_verify(monkeypatch, capsys, tmp_path, tin
     code, _, err = run(monkeypatch, capsys, "sign", path, "--key", sites["a"])
     assert code == 0 and "signed" in err
     code, _, err = run(monkeypatch, capsys, "library", "add", path, "--library", tmp_path / "lib", "--require-signature",
-                       "--trust", sites["trust"])
+                       "--trust", sites["trust"], "--base", tiny_base)
     assert code == 0 and "signed by 'hospital-a'" in err, err
     code, _, err = run(monkeypatch, capsys, "generate", "<eff>", "--adapter", path, "--require-signature",
                        "--trust", sites["trust"], *fast)
@@ -283,7 +283,7 @@ def test_publish_and_pull_from_the_cli(monkeypatch, capsys, tmp_path, sites, tin
     with serve(published) as url:
         code, _, err = run(monkeypatch, capsys, "library", "pull", url, "--into", tmp_path / "mine", "--base", tiny_base,
                            "--trust", sites["trust"], "--timeout", "5")
-    assert code == 0 and "pulled 1 new file(s)" in err and "skipped wide.safetensors" in err, err
+    assert code == 0 and "pulled 1 new file into" in err and "skipped wide.safetensors" in err, err
     code, _, err = run(monkeypatch, capsys, "library", "verify", "--library", tmp_path / "mine", "--trust", sites["trust"])
     assert code == 0, err
     code, _, err = run(monkeypatch, capsys, "library", "pull", str(tmp_path / "nowhere"), "--into", tmp_path / "mine",

@@ -24,7 +24,7 @@ import numpy as np
 
 from lowbudget.bench.compose_check import compose_checks
 from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
-from lowbudget.bench.tables import markdown_table, save_pngs, save_strip
+from lowbudget.bench.tables import markdown_table, save_pngs, save_strip, write_html
 from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
                                       modality_of, open_with, recognised_rate, train_finding, training_rate)
 from lowbudget.errors import LowbudgetError
@@ -34,8 +34,13 @@ from lowbudget.evaluate.images import labelled_images
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
+from lowbudget.progress import Progress
 
 SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose", "convergence")
+# Seconds each section took in the full run of benchmarks/PHANTOM_RESULTS.md (2 CPU cores): the
+# weights of the progress display, whose time left is this share of work at this run's pace.
+MEASURED_SECONDS = {"detectors": 8, "base": 54, "fidelity": 182, "sweep": 578, "downstream": 507, "diversity": 11,
+                    "methods": 189, "compose": 120, "convergence": 5920}
 
 
 @dataclass
@@ -84,8 +89,10 @@ def benchmark_config(*, quick: bool = False, findings: tuple[str, ...] = (), com
 
 
 def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ...] | None = None,
-                  log: Callable[[str], None] = print) -> Path:
-    """Run the chosen sections (default: all; quick: detectors and fidelity); returns results.md."""
+                  log: Callable[[str], None] = print, progress: bool = False) -> Path:
+    """Run the chosen sections (default: all; quick: detectors and fidelity); returns results.md
+    (results.html beside it is the same for a browser). ``progress`` shows the share done and the
+    time left, weighting each section by its measured cost."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     chosen = sections or (("detectors", "fidelity") if cfg.quick_mode else SECTIONS)
@@ -93,18 +100,20 @@ def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ..
     if unknown:
         raise LowbudgetError(f"--sections: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(SECTIONS)}")
     results, markdown = {"config": asdict(cfg)}, ["# Phantom-world benchmark", ""]
-    for name in SECTIONS:
-        if name not in chosen:
-            continue
-        log(f"benchmark: {name} ...")
-        t0 = time.perf_counter()
-        lines, data = _RUNNERS[name](cfg, output, log)
-        seconds = time.perf_counter() - t0
-        data["seconds"] = round(seconds, 1)
-        results[name] = data
-        markdown += [f"## {name} ({seconds:.0f} s)", "", *lines, ""]
-        atomic_write_text(output / "results.json", json.dumps(results, indent=2, default=str))
-        atomic_write_text(output / "results.md", "\n".join(markdown))
+    order = [name for name in SECTIONS if name in chosen]
+    with Progress(sum(MEASURED_SECONDS[n] for n in order), "benchmark", unit=None, enabled=progress) as bar:
+        for k, name in enumerate(order, 1):
+            bar.doing(f"[{k}/{len(order)}] {name}")
+            t0 = time.perf_counter()
+            lines, data = _RUNNERS[name](cfg, output, log)
+            seconds = time.perf_counter() - t0
+            data["seconds"] = round(seconds, 1)
+            results[name] = data
+            markdown += [f"## {name} ({seconds:.0f} s)", "", *lines, ""]
+            atomic_write_text(output / "results.json", json.dumps(results, indent=2, default=str))
+            atomic_write_text(output / "results.md", "\n".join(markdown))
+            write_html("\n".join(markdown), output / "results.html", title="Phantom-world benchmark")
+            bar.update(MEASURED_SECONDS[name])
     return output / "results.md"
 
 

@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowbudget.bench.fidelity import Sampling, open_with, train_finding
-from lowbudget.bench.tables import markdown_table, save_strip
+from lowbudget.bench.fidelity import Sampling, open_with, request, train_finding
+from lowbudget.bench.tables import markdown_table, save_inpainting_panel, save_strip
 from lowbudget.phantoms import chest, detectors
 from lowbudget.phantoms.world import generate
 from lowbudget.sampling.compose import interpolation, interpolation_weights
 from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
 from lowbudget.sampling.masks import box_mask, feather as soften
 from lowbudget.sampling.prompts import encode_texts
-from lowbudget.sampling.sampler import Inpainting, SampleRequest, decode, sample, sample_states
+from lowbudget.sampling.sampler import Inpainting, Watch, decode, sample, sample_states
 from lowbudget.stats import spearman
 
 PLAIN = "a frontal chest x-ray"
@@ -38,9 +38,6 @@ A, B = "<healthy-chest>", "<effusion>"  # the interpolation's ends
 REFERENCE = "interpolation, text states mixed linearly (reference)"
 
 
-def _request(s: Sampling, seeds: list[int]):
-    return SampleRequest(prompt="", seeds=seeds, steps=s.steps, guidance=s.guidance, scheduler=s.scheduler,
-                         batch_size=s.batch_size)
 
 
 def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int = 5) -> dict:
@@ -56,7 +53,7 @@ def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int
     for method in ("and", "lerp", "slerp"):
         decisions: dict = {}
         w, images, _ = interpolation(pipe, A, B, steps=weights, method=method, template=TEMPLATE,
-                                     request=_request(sampling, seeds), watch=_decision_recorder(pipe, decisions))
+                                     request=request(sampling, "", seeds), watch=_decision_recorder(pipe, decisions))
         out[method] = _strip_figures(w, images.mean(dim=2).cpu().numpy(), seeds, decisions)
         if method != "and":  # prompt-level mixing mixes noise predictions, not the conditioning
             out[method]["conditioning_progress"] = conditioning_progress(pipe, method, w)
@@ -72,10 +69,10 @@ def text_state_reference(pipe, sampling: Sampling, seeds: list[int], weights: in
     """
     negative, ca, cb = encode_texts(pipe, ["", TEMPLATE.format(A), TEMPLATE.format(B)])  # 3 x (77, D)
     w, decisions, columns = interpolation_weights(weights), {}, []
-    record, request = _decision_recorder(pipe, decisions), _request(sampling, seeds)
+    record, req = _decision_recorder(pipe, decisions), request(sampling, "", seeds)
     for x in w:
         states = torch.stack([negative, (1 - x) * ca + x * cb])  # (2, 77, D)
-        columns.append(sample_states(pipe, request, states, [1.0], watch=lambda step, x=x: record(x, step)))
+        columns.append(sample_states(pipe, req, states, [1.0], watch=lambda step, x=x: record(x, step)))
     return _strip_figures(w, torch.stack(columns, dim=1).mean(dim=2).cpu().numpy(), seeds, decisions)
 
 
@@ -146,15 +143,16 @@ def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float
 
 def combination_check(pipe, sampling: Sampling, seeds: list[int]) -> dict:
     prompt = f"{PLAIN} with <effusion> :1 AND {PLAIN} with <cardiomegaly> :1"
-    gray = sample(pipe, replace(_request(sampling, seeds), prompt=prompt)).mean(dim=1).cpu().numpy()
+    gray = sample(pipe, request(sampling, prompt, seeds)).mean(dim=1).cpu().numpy()
     eff = detectors.flagged("chest", "effusion", gray)
     card = detectors.flagged("chest", "cardiomegaly", gray)
     return {"prompt": prompt, "both": float((eff & card).mean()), "effusion": float(eff.mean()),
             "cardiomegaly": float(card.mean()), "images": gray}
 
 
-def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 4) -> dict:
-    """One healthy phantom per seed; the box covers the lower half of the patient's right lung."""
+def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 4, watch: Watch | None = None) -> dict:
+    """One healthy phantom per seed; the box covers the lower half of the patient's right lung.
+    ``watch`` sees every sampling step."""
     size = 64
     x0, x1 = int((chest.LUNG_CX["right"] - 1.3 * chest.LUNG_HALF_WIDTH) * size), int(0.47 * size)
     y0, y1 = int(0.45 * size), int((chest.LUNG_BASE["right"] + 0.06) * size)
@@ -165,9 +163,9 @@ def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 
     inside, changed, results = [], [], []
     for s, ph in zip(seeds, healthy):
         image = torch.from_numpy(ph.image)[None, None].repeat(1, 3, 1, 1)  # (1, 3, 64, 64)
-        req = replace(_request(sampling, [s]), prompt=f"{PLAIN} with <effusion>",
+        req = replace(request(sampling, f"{PLAIN} with <effusion>", [s]),
                       inpaint=Inpainting(image=image, mask=mask, feather=feather, paste_back=True))
-        out = sample(pipe, req)[0]  # (3, 64, 64)
+        out = sample(pipe, req, watch=watch)[0]  # (3, 64, 64)
         gray = out.mean(dim=0).cpu().numpy()
         inside.append(detectors.effusion_sides(gray)["right"] > cut)
         changed.append(int((out.cpu() != image[0]).any(dim=0).numpy()[outside].sum()))
@@ -194,8 +192,10 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     log(f"  interpolation of the text states (reference): mean Spearman rho {reference['rho_mean']:.3f}")
     comb = combination_check(pipe, cfg.sampling, list(range(71_000, 71_000 + 2 * cfg.compose_seeds)))
     save_strip(comb.pop("images")[:8], output / "combination.png")
-    inp = inpainting_check(pipe, cfg.sampling, list(range(72_000, 72_000 + 2 * cfg.compose_seeds)))
-    save_strip(np.concatenate([inp.pop("originals")[:4], inp.pop("images")[:4]]), output / "inpainting.png")
+    inp_seeds = list(range(72_000, 72_000 + 2 * cfg.compose_seeds))
+    inp = inpainting_check(pipe, cfg.sampling, inp_seeds)
+    save_inpainting_panel(inp.pop("originals")[:4], inp.pop("images")[:4], inp["box"], output / "inpainting.png",
+                          inp_seeds[:4])
     log(f"  combination both {comb['both']:.2f}; inpainting {inp['detected_in_mask']:.2f}, "
         f"{inp['pixels_changed_outside']} pixels changed outside")
     rows = [[f"interpolation, {m}", f"mean Spearman rho {r['rho_mean']:.3f} over {len(seeds)} seeds", ">= 0.9"]

@@ -21,7 +21,7 @@ from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.recipe import DataConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig, Recipe, TokenConfig
 from lowbudget.sampling.outputs import open_pipeline
-from lowbudget.sampling.sampler import SampleRequest, sample
+from lowbudget.sampling.sampler import SampleRequest, Watch, sample
 from lowbudget.training.loop import train
 
 # Words never used in pretraining captions: their embeddings are as untrained as a medical
@@ -123,11 +123,14 @@ def prompts(finding: str, with_adapter: bool = True) -> dict[str, str]:
     return out if with_adapter else {k: v for k, v in out.items() if k != "token"}
 
 
-def generate_gray(pipe, prompt: str, seeds: list[int], sampling: Sampling) -> np.ndarray:
-    """(N, H, W) float images in [0, 1] from lowbudget's sampling loop."""
-    req = SampleRequest(prompt=prompt, seeds=seeds, steps=sampling.steps, guidance=sampling.guidance,
-                        scheduler=sampling.scheduler, batch_size=sampling.batch_size)
-    return sample(pipe, req).mean(dim=1).cpu().numpy()
+def request(sampling: Sampling, prompt: str, seeds: list[int]) -> SampleRequest:
+    return SampleRequest(prompt=prompt, seeds=seeds, steps=sampling.steps, guidance=sampling.guidance,
+                         scheduler=sampling.scheduler, batch_size=sampling.batch_size)
+
+
+def generate_gray(pipe, prompt: str, seeds: list[int], sampling: Sampling, watch: Watch | None = None) -> np.ndarray:
+    """(N, H, W) float images in [0, 1] from lowbudget's sampling loop; ``watch`` sees each step."""
+    return sample(pipe, request(sampling, prompt, seeds), watch=watch).mean(dim=1).cpu().numpy()
 
 
 def detection_rate(finding: str, images: np.ndarray) -> float:

@@ -23,6 +23,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's own help layout: with rich, typer 0.29 and click 8.5 show every flag as '--debug <bool>',
+    # as if it took a value; plain text also reads better in a log.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},  # whole command summaries where the terminal is wide enough
 )
 app.add_typer(training.commands)        # train, check-recipe, make-base, inspect, convert
 app.add_typer(sampling.commands)        # generate, compose, inpaint

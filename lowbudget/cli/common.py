@@ -11,6 +11,7 @@ import typer
 from lowbudget.errors import LowbudgetError
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write even where the output holds files lowbudget did not write.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (errors and results are still printed).")]
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

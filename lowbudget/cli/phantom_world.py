@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lowbudget.cli.common import Overwrite, info, quiet_libraries
+from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries
 from lowbudget.errors import LowbudgetError, RecipeError
 
 
@@ -55,6 +55,7 @@ def report(
     n: Annotated[int, typer.Option("-n", help="Images per prompt for the fidelity figure.")] = 16,
     steps: Annotated[int, typer.Option("--steps", help="Sampler steps.")] = 25,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Report on a phantom token: before/after grids, fidelity, interpolation, combination, inpainting."""
     from lowbudget.bench.demo import demo_report
@@ -67,15 +68,16 @@ def report(
         raise LowbudgetError(f"adapter '{adapter}' does not exist")
     output_folder(output, overwrite=overwrite, command="phantom report")
     quiet_libraries()
-    path = demo_report(adapter, finding, output, library=library, n=n, sampling=Sampling(steps=steps), log=info)
-    info(f"wrote {path}")
+    path = demo_report(adapter, finding, output, library=library, n=n, sampling=Sampling(steps=steps), log=info,
+                       progress=not quiet)
+    info(f"wrote {path} and {path.with_suffix('.html')} (open it in a browser)")
 
 
 @phantom_app.command("pretrain-base")
 def pretrain_base(
     output: Annotated[Path, typer.Option("--output", "-o",
         help="Run folder (resumes if it has a checkpoint).")] = Path("runs/phantom-base"),
-    overrides: Annotated[list[str], typer.Option("--set",
+    overrides: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
         help="Override a pretraining setting: --set unet_steps=2000 (repeatable).")] = [],
     overwrite: Overwrite = False,
 ) -> None:
@@ -107,6 +109,7 @@ def benchmark(
     compose_seeds: Annotated[int, typer.Option("--compose-seeds",
         help="Interpolation seeds of the compose section (combination and inpainting use twice as many; default 8).")] = 0,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """The paper in miniature on the phantom world: fidelity, sweep, downstream, diversity, methods."""
     from lowbudget.bench.benchmark import benchmark_config, run_benchmark
@@ -115,7 +118,8 @@ def benchmark(
     cfg = benchmark_config(quick=quick, findings=tuple(findings.split(",")) if findings else (), compose_seeds=compose_seeds)
     output_folder(output, overwrite=overwrite, command="phantom benchmark")
     quiet_libraries()
-    path = run_benchmark(output, cfg, sections=None if sections == "all" else tuple(sections.split(",")), log=info)
+    path = run_benchmark(output, cfg, sections=None if sections == "all" else tuple(sections.split(",")), log=info,
+                         progress=not quiet)
     typer.echo(path.read_text())
 
 

@@ -7,15 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.common import Overwrite, info, parse_seeds, parse_weights, quiet_libraries
+from lowbudget.cli.common import Overwrite, Quiet, info, parse_seeds, parse_weights, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
 commands = typer.Typer()
 
 
-_Base = Annotated[Optional[str], typer.Option("--base", help="Base model (diffusers folder or .safetensors); default: the embedded base.")]
-_Adapters = Annotated[list[Path], typer.Option("--adapter", help="Embedding or LoRA file to load (repeatable).")]
+_Base = Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors, or embedded (the default).")]
+_Adapters = Annotated[list[Path], typer.Option("--adapter", metavar="FILE", help="Embedding or LoRA file to load (repeatable).")]
 _Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds: one image (or row) per seed.")]
 _Steps = Annotated[int, typer.Option("--steps", help="Sampler steps.")]
 _Guidance = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")]
@@ -48,12 +48,14 @@ def generate(
     negative: _Negative = "",
     size: _Size = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Generate images; each PNG carries the parameters that regenerate it."""
     from lowbudget.io import output_folder
-    from lowbudget.sampling.outputs import record, save_dicom, save_png
+    from lowbudget.progress import Progress, plural
+    from lowbudget.sampling.outputs import record, save_dicom, save_png, save_seed_grid
     from lowbudget.sampling.prompts import check_tokens_known
-    from lowbudget.sampling.sampler import SampleRequest, sample
+    from lowbudget.sampling.sampler import SampleRequest, sample, unet_calls
 
     if fmt not in ("png", "dicom"):
         raise LowbudgetError(f"--format {fmt!r} is not known; expected png or dicom")
@@ -65,13 +67,14 @@ def generate(
     pipe, base_info, adapter_info = _pipeline(base, adapters, trust, require_signature)
     check_tokens_known(pipe.tokenizer.get_vocab(), [prompt, negative])  # before a folder is made
     output_folder(output, overwrite=overwrite, command="generate")
-    images = sample(pipe, req)
+    with Progress(unet_calls(req), "generate", enabled=not quiet) as bar:
+        images = sample(pipe, req, watch=lambda _: bar.update())  # (n, 3, H, W)
     for s, image in zip(seeds, images):
         rec = record(req, s, base_info, adapter_info)
         path = output / f"seed-{s:06d}.{'dcm' if fmt == 'dicom' else 'png'}"
         (save_dicom if fmt == "dicom" else save_png)(image, path, rec)
-    _grid(images[:, None], [f"seed {s}" for s in seeds], prompt, output / "grid.png")
-    info(f"wrote {len(seeds)} image(s) and grid.png to {output}")
+    save_seed_grid(images, seeds, prompt, output / "grid.png")
+    info(f"wrote {plural(len(seeds), 'image')} and grid.png to {output}")
 
 
 @commands.command()
@@ -80,9 +83,9 @@ def compose(
     base: _Base = None,
     trust: _Trust = None,
     require_signature: _Require = False,
-    interpolate: Annotated[Optional[list[str]], typer.Option("--interpolate",
+    interpolate: Annotated[Optional[list[str]], typer.Option("--interpolate", metavar="TEXT",
         help="Two components A B (give twice).", show_default=False)] = None,
-    combine: Annotated[Optional[list[str]], typer.Option("--combine",
+    combine: Annotated[Optional[list[str]], typer.Option("--combine", metavar="TEXT",
         help="Components to combine (repeatable).")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights",
         help="Comma-separated weight per --combine component.")] = None,
@@ -100,27 +103,35 @@ def compose(
     negative: _Negative = "",
     size: _Size = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Interpolate between two components (a strip) or combine several (a grid)."""
     from lowbudget.io import output_file
+    from lowbudget.progress import Progress
     from lowbudget.sampling import compose as comp
-    from lowbudget.sampling.sampler import SampleRequest
+    from lowbudget.sampling.outputs import save_grid
+    from lowbudget.sampling.sampler import SampleRequest, unet_calls
 
     if bool(interpolate) == bool(combine):
         raise LowbudgetError("give either --interpolate A --interpolate B or --combine A --combine B ...")
     req = SampleRequest(prompt="", seeds=list(parse_seeds(seeds)), **_sampling_options(steps, guidance, scheduler, negative, size))
     ws = parse_weights(weights) if weights else [1.0] * len(combine or [])
     output_file(output, overwrite=overwrite)
+    if interpolate and len(interpolate) != 2:
+        raise LowbudgetError(f"--interpolate takes exactly two components, got {len(interpolate)}")
     pipe, _, _ = _pipeline(base, adapters, trust, require_signature)
-    if interpolate:
-        if len(interpolate) != 2:
-            raise LowbudgetError(f"--interpolate takes exactly two components, got {len(interpolate)}")
-        ws, images, prompts = comp.interpolation(pipe, *interpolate, steps=n_weights, method=method, template=template, request=req)
-        title = f"{method}: {interpolate[0]} -> {interpolate[1]}, weights " + ", ".join(f"{w:.2f}" for w in ws)
-    else:
-        images, prompts = comp.combination(pipe, combine, ws, template=template, request=req)
-        title = " | ".join(prompts)
-    _grid(images, [f"seed {s}" for s in req.seeds], title, output)
+    columns = n_weights if interpolate else len(combine) + 1
+    with Progress(columns * unet_calls(req), "compose", enabled=not quiet) as bar:
+        if interpolate:
+            ws, images, prompts = comp.interpolation(pipe, *interpolate, steps=n_weights, method=method,
+                                                     template=template, request=req, watch=lambda w, _: bar.update())
+            title = f"{'prompt-level (AND)' if method == 'and' else method} interpolation from {interpolate[0]} (weight 0) to {interpolate[1]} (weight 1)"
+            heads = [f"weight {w:.2f}" for w in ws]
+        else:
+            images, prompts = comp.combination(pipe, combine, ws, template=template, request=req,
+                                               watch=lambda _: bar.update())
+            title, heads = f"combination: {prompts[-1]}", [*prompts[:-1], "together"]
+    save_grid(images, [f"seed {s}" for s in req.seeds], output, column_labels=heads, title=title)
     info(f"wrote {output} ({images.shape[0]} rows x {images.shape[1]} columns)")
 
 
@@ -148,12 +159,14 @@ def inpaint(
     negative: _Negative = "",
     size: _Size = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Inpaint a finding into a region of an image (any base; SD inpainting checkpoints natively)."""
     from lowbudget.io import output_file
+    from lowbudget.progress import Progress
     from lowbudget.sampling.masks import box_mask, load_input_image, png_mask
     from lowbudget.sampling.outputs import record, save_png
-    from lowbudget.sampling.sampler import Inpainting, SampleRequest, native_size, sample
+    from lowbudget.sampling.sampler import Inpainting, SampleRequest, native_size, sample, unet_calls
 
     if (mask is None) == (box is None):
         raise LowbudgetError("give exactly one of --mask PNG or --box x0,y0,x1,y1")
@@ -164,7 +177,8 @@ def inpaint(
     region = box_mask(box, work) if box else png_mask(mask, work, shape)
     job = Inpainting(image=pixels, mask=region, feather=feather_px, strength=strength, paste_back=paste_back)
     req = SampleRequest(prompt=prompt, seeds=[seed], inpaint=job, **_sampling_options(steps, guidance, scheduler, negative, work))
-    result = sample(pipe, req)[0]
+    with Progress(unet_calls(req), "inpaint", enabled=not quiet) as bar:
+        result = sample(pipe, req, watch=lambda _: bar.update())[0]  # (3, H, W)
     rec = record(req, seed, base_info, adapter_info, inpaint={"image": image.name, "box": box, "feather": feather_px,
                                                                 "strength": strength, "paste_back": paste_back})
     save_png(result, output, rec)
@@ -176,9 +190,3 @@ def _pipeline(base: Optional[str], adapters: list[Path], trust: Optional[Path], 
 
     quiet_libraries()
     return open_pipeline(base, adapters, warn=info, trust=trust, require_signature=require_signature)
-
-
-def _grid(images, row_labels: list[str], title: str, path: Path) -> None:
-    from lowbudget.sampling.outputs import save_grid
-
-    save_grid(images, [f"{label}: {title}" for label in row_labels], path)

@@ -9,6 +9,7 @@ import typer
 
 from lowbudget.cli.common import Overwrite, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
+from lowbudget.progress import plural
 
 
 commands = typer.Typer()
@@ -56,7 +57,7 @@ def sign(
 
 @commands.command()
 def verify(
-    files: Annotated[list[Path], typer.Argument(help="Signed adapter files.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Signed adapter files.")],
     trust: Annotated[Path, typer.Option("--trust", help="Folder of trusted public keys (<site>.pub).")],
 ) -> None:
     """Check that each file is signed by a trusted key and unchanged since."""
@@ -101,7 +102,8 @@ def library_add(
     file: Annotated[Path, typer.Argument(help="Embedding file to add.")],
     library: Annotated[Path, typer.Option("--library", help="Library folder.")] = Path("embeddings"),
     base: Annotated[str, typer.Option("--base",
-        help="The base it was trained on ('embedded' or a model name/path).")] = "embedded",
+        help="The base it was trained on: 'embedded', or a local diffusers folder or .safetensors (checked; "
+             "the index keeps its name, not the path).")] = "embedded",
     description: Annotated[str, typer.Option("--description", help="One line (default: the file's own).")] = "",
     trust: _Trust = None,
     require_signature: Annotated[bool, typer.Option("--require-signature",
@@ -120,18 +122,26 @@ def library_add(
 def library_verify(
     library: Annotated[Path, typer.Option("--library", help="Library folder.")] = Path("embeddings"),
     trust: _Trust = None,
+    bases: Annotated[list[str], typer.Option("--base", metavar="NAME=PATH",
+        help="Where a base named in the index is here: NAME=PATH, e.g. sd15=/models/sd15 (repeatable).")] = [],
 ) -> None:
     """Check every checksum in index.json, that every file loads on its base, and with --trust every signature."""
     from lowbudget.sharing.library import read_index, verify_library
 
+    located = {}
+    for text in bases:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            raise LowbudgetError(f"--base {text!r} must look like NAME=PATH, e.g. --base sd15=/models/sd15")
+        located[name] = path
     quiet_libraries()
-    problems = verify_library(library, trust=trust)
+    problems = verify_library(library, trust=trust, bases=located, log=info)
     for problem in problems:
         typer.echo(problem)
     if problems:
-        raise LowbudgetError(f"{len(problems)} problem(s) in the library '{library}'")
+        raise LowbudgetError(f"{plural(len(problems), 'problem')} in the library '{library}'")
     signed = " and signatures by trusted keys" if trust else ""
-    info(f"{len(read_index(library))} entries in '{library}': all checksums match{signed}, and all files load")
+    info(f"{plural(len(read_index(library)), 'entry')} in '{library}': all checksums match{signed}, and all files load")
 
 
 @library_app.command("publish")
@@ -165,5 +175,5 @@ def library_pull(
 
     quiet_libraries()
     result = pull(source, into, base=load_base(base), trust=trust, timeout=timeout, log=info)
-    info(f"pulled {len(result.added)} new file(s) into '{into}' ({len(result.present)} already there, "
+    info(f"pulled {plural(len(result.added), 'new file')} into '{into}' ({len(result.present)} already there, "
          f"{len(result.skipped)} skipped)")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.common import Overwrite, info, quiet_libraries
+from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
 
 
@@ -18,18 +18,19 @@ commands = typer.Typer()
 def train(
     recipe: Annotated[Path, typer.Argument(help="Training recipe (TOML), e.g. recipes/chest-xray/sd15-ti.toml.")],
     base: Annotated[Optional[str], typer.Option("--base",
-        help="Base model: diffusers folder or .safetensors file.")] = None,
+        help="Base model: diffusers folder, .safetensors file, or embedded (default: the recipe's model.base).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Folder of training images.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Override optim.max_steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume",
         help="Continue the run in --output from its last checkpoint.")] = False,
-    overrides: Annotated[list[str], typer.Option("--set",
+    overrides: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
         help="Override any recipe value: --set optim.lr_ti=0.01 (repeatable).")] = [],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Train a textual-inversion embedding, a LoRA, or both, as the recipe says."""
+    from lowbudget.progress import plural
     from lowbudget.recipe import load_recipe, parse_override
     from lowbudget.training import train as run_training
 
@@ -40,17 +41,53 @@ def train(
     loaded = load_recipe(recipe, values)
     quiet_libraries()
     result = run_training(loaded, resume=resume, overwrite=overwrite, progress=not quiet, log=info)
-    info(f"trained {result.steps} steps; median {result.seconds_per_step:.3f} s/step; "
+    info(f"trained {plural(result.steps, 'step')}; median {result.seconds_per_step:.3f} s/step; "
           f"start-up {result.startup_seconds:.1f} s; final loss {result.losses[-1]:.4f}")
     for path in result.files:
         info(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
 
 @commands.command()
+def preview(
+    data: Annotated[Path, typer.Argument(help="Folder of training images.")],
+    recipe: Annotated[Optional[Path], typer.Option("--recipe",
+        help="Read the images as this recipe does (default: the recipe defaults).")] = None,
+    overrides: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
+        help="Override a recipe value: --set data.intensity=dtype (repeatable).")] = [],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Contact sheet PNG.")] = Path("runs/preview.png"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Show what training will see: a contact sheet of the images as read, with captions and warnings."""
+    from lowbudget.data.preview import preview as read_preview
+    from lowbudget.io import output_file
+    from lowbudget.progress import plural
+    from lowbudget.recipe import DataConfig, build_config, load_recipe, parse_override
+
+    values = {**dict(parse_override(o) for o in overrides), "data.path": str(data), "data.phantoms": ""}
+    if recipe:
+        loaded = load_recipe(recipe, values)
+        cfg, base, tokens = loaded.data, loaded.model.base, [t.name for t in loaded.method.tokens]
+    else:
+        stray = [k for k in values if not k.startswith("data.")]
+        if stray:
+            raise LowbudgetError(f"--set {stray[0]}: without --recipe only data.* values apply to a preview")
+        cfg, base, tokens = build_config(DataConfig, {k[5:]: v for k, v in values.items()}), "", []
+    output_file(output, overwrite=overwrite)
+    seen = read_preview(cfg, base=base, token=" ".join(tokens))
+    for f in seen.files:
+        typer.echo(f"{f.path.relative_to(seen.images.folder)}\t{f.size}\t{f.read_as}\t{f.caption}")
+    for warning in seen.warnings:
+        info(f"warning: {warning}")
+    seen.sheet(output)
+    info(f"{plural(len(seen.files), 'image')} read at {cfg.resolution} px, "
+         f"{plural(len(seen.warnings), 'warning')}; contact sheet: {output}")
+
+
+@commands.command()
 def inspect(
-    files: Annotated[list[Path], typer.Argument(help="Adapter files: embeddings (any layout) or LoRA .safetensors.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Adapter files: embeddings (any layout) or LoRA .safetensors.")],
     base: Annotated[Optional[str], typer.Option("--base",
-        help="Also check whether each file fits this base model.")] = None,
+        help="Also check whether each file fits this base: a folder, .safetensors, or embedded.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     trust: Annotated[Optional[Path], typer.Option("--trust",
         help="Also check signatures against this folder of public keys.")] = None,
@@ -109,14 +146,40 @@ def convert(
 
 @commands.command("check-recipe")
 def check_recipe(
-    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to validate.")],
+    recipes: Annotated[list[Path], typer.Argument(metavar="RECIPES...", help="Recipe files to validate.")],
 ) -> None:
-    """Validate recipes and print each one resolved (every default filled in)."""
-    from lowbudget.recipe import load_recipe
+    """Validate recipes and print each one resolved: every default filled in, each key's meaning above it."""
+    from lowbudget.recipe import explained_toml, load_recipe
 
     for path in recipes:
         resolved = load_recipe(path)
-        typer.echo(f"# {path}: ok\n{resolved.to_toml()}")
+        typer.echo(f"# {path}: ok\n\n{explained_toml(resolved)}")
+
+
+@commands.command("recipes")
+def list_recipes(
+    folder: Annotated[Optional[Path], typer.Argument(
+        help="Folder of recipes (default: the recipes/ shipped beside lowbudget).")] = None,
+) -> None:
+    """List the recipes, one line each: the file, and what it is for."""
+    from lowbudget.recipe import recipe_summary, shipped_recipes
+
+    folder = folder or shipped_recipes()
+    files = sorted(folder.rglob("*.toml")) if folder.is_dir() else []
+    if not files:
+        raise LowbudgetError(f"no recipes (*.toml) in '{folder}'")
+    width = max(len(str(f)) for f in files)
+    for file in files:
+        typer.echo(f"{str(file):<{width}}  {recipe_summary(file)}")
+
+
+@commands.command("base-path")
+def base_path() -> None:
+    """Print the folder of the embedded base (unpacked on first use): a diffusers folder that
+    plain diffusers loads, e.g. StableDiffusionPipeline.from_pretrained(PATH)."""
+    from lowbudget.models.embedded import embedded_base_path
+
+    typer.echo(str(embedded_base_path()))
 
 
 @commands.command("make-base")

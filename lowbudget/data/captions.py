@@ -90,7 +90,9 @@ def resolve_caption_source(folder: Path, cfg: DataConfig) -> tuple[str, dict[str
     if source == "metadata":
         meta = folder / METADATA_FILE
         if not meta.is_file():
-            raise DataError(f"data.captions = 'metadata' but '{meta}' does not exist")
+            raise DataError(f"data.captions = 'metadata' but '{meta}' does not exist; write one (a line per image: "
+                            '{"file_name": "a.png", "text": "..."}), or caption every image from data.templates with '
+                            "--set data.captions=templates")
         return source, read_metadata_jsonl(meta)
     if source == "csv":
         if not cfg.captions_csv:

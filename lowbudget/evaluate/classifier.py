@@ -16,10 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from lowbudget import checks, stats
 from lowbudget.evaluate.images import LabelledImages, load_image
+from lowbudget.progress import track
 from lowbudget.evaluate.networks import ResNet18
 
 
@@ -105,7 +105,7 @@ def train_once(train_x: torch.Tensor, train_y: torch.Tensor, val: tuple, test: t
         model.load_state_dict(state, strict=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     best_auc, best_state, best_step = -1.0, None, 0
-    for step in tqdm(range(1, cfg.steps + 1), desc=progress, unit="step", disable=progress is None, leave=False):
+    for step in track(range(1, cfg.steps + 1), progress, "step"):
         idx = torch.randint(0, len(train_x), (min(cfg.batch_size, len(train_x)),), generator=gen)
         x = _augment(train_x[idx].float() / 255, gen, cfg.hflip)  # (B, 3, S, S)
         loss = F.cross_entropy(model(x), train_y[idx])

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from lowbudget import checks
 from lowbudget.errors import DataError, quote
+from lowbudget.progress import track
 from lowbudget.evaluate.images import list_images, load_image
 
 BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -79,7 +79,7 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def group_scores(groups: list[list[Path]], size: int, progress: str | None = None) -> list[float]:
     """Mean of the 6 pairwise MS-SSIM scores of each group of 4 (one group in memory at a time)."""
     scores = []
-    for group in tqdm(groups, desc=progress, unit="group", disable=progress is None, leave=False):
+    for group in track(groups, progress, "group"):
         images = torch.stack([load_image(p, size, grayscale=True) for p in group])  # (4, 1, S, S)
         pairs = list(itertools.combinations(range(len(group)), 2))
         i, j = zip(*pairs)

@@ -13,11 +13,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lowbudget.data.dataset import fit_square, image_files, to_rgb
 from lowbudget.data.readers import UnreadableImage, read_image
 from lowbudget.errors import DataError
+from lowbudget.progress import track
 from lowbudget.recipe import DataConfig
 
 
@@ -46,12 +46,9 @@ def load_image(path: Path, size: int, *, grayscale: bool = False) -> torch.Tenso
 def iter_batches(paths: list[Path], size: int, batch_size: int = 32, *, grayscale: bool = False,
                  progress: str | None = None) -> Iterator[tuple[torch.Tensor, list[Path]]]:
     """Yield (B, C, size, size) batches and their paths, optionally with a progress bar."""
-    bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
+    chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
+    for chunk in track(chunks, progress, "image", total=len(paths), weight=len):
         yield torch.stack([load_image(p, size, grayscale=grayscale) for p in chunk]), chunk
-        bar.update(len(chunk))
-    bar.close()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from lowbudget.io import sha256_file
 from lowbudget.models.packed import unpack_base
 
 EMBEDDED_NAME = "phantom-v1"
+EMBEDDED = "embedded"  # what --base, a library index and a recipe call the embedded base
 PACKED = Path(__file__).resolve().parent.parent / "assets" / "phantom-base-v1.safetensors"
 
 

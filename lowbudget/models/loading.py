@@ -19,7 +19,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from lowbudget.errors import ModelError, quote
 from lowbudget.models.base import FAMILY_NAMES, BaseModel, describe_width
-from lowbudget.models.embedded import embedded_base_path
+from lowbudget.models.embedded import EMBEDDED, embedded_base_path
 from lowbudget.models.single_file import load_single_file
 
 _FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -31,8 +31,8 @@ def load_base(
     prediction_type: str = "auto",
     expected_family: str = "any",
 ) -> BaseModel:
-    """Load a base model from ``path`` (``None`` or ``""``: the embedded base)."""
-    if path is None or str(path) == "":
+    """Load a base model from ``path`` (``None``, ``""`` or ``"embedded"``: the embedded base)."""
+    if path is None or str(path) in ("", EMBEDDED):
         path = embedded_base_path()
     path = Path(path).expanduser()
     if not path.exists():

@@ -62,14 +62,16 @@ def interpolation(pipe, a: str, b: str, *, steps: int, method: str, template: st
     return weights, torch.stack(columns, dim=1), prompts
 
 
-def combination(pipe, components: list[str], weights: list[float], *, template: str,
-                request: SampleRequest) -> tuple[torch.Tensor, list[str]]:
-    """Images (len(seeds), len(components) + 1, 3, H, W): each component alone, then all together."""
+def combination(pipe, components: list[str], weights: list[float], *, template: str, request: SampleRequest,
+                watch: Callable[[Step], None] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Images (len(seeds), len(components) + 1, 3, H, W): each component alone, then all together.
+
+    ``watch``, if given, sees every sampling step of every column."""
     if len(components) < 2:
         raise LowbudgetError("--combine needs at least two components")
     if len(weights) != len(components):
         raise LowbudgetError(f"--weights has {len(weights)} values for {len(components)} components")
     prompts = [_fill(template, c) for c in components]
     prompts.append(format_prompt([SubPrompt(p, w) for p, w in zip(prompts, weights)]))
-    columns = [sample(pipe, replace(request, prompt=p)) for p in prompts]
+    columns = [sample(pipe, replace(request, prompt=p), watch=watch) for p in prompts]
     return torch.stack(columns, dim=1), prompts

@@ -39,7 +39,9 @@ def box_mask(box: str, size: int) -> torch.Tensor:
     except ValueError:
         raise LowbudgetError(f"--box {box!r} must be four integers x0,y0,x1,y1") from None
     if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
-        raise LowbudgetError(f"--box {box!r} must satisfy 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size}")
+        raise LowbudgetError(f"--box {box!r} must satisfy 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size}: it is in "
+                             f"pixels of the {size}x{size} working image (the base's native size, or --size), "
+                             "to which the input is resized")
     mask = torch.zeros(1, 1, size, size)
     mask[..., y0:y1, x0:x1] = 1.0
     return mask

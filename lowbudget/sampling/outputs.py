@@ -79,9 +79,20 @@ def _burn_label(gray: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255
 
 
-def save_grid(images: torch.Tensor, row_labels: list[str], path: str | Path) -> Path:
-    """(rows, columns, 3, H, W) -> one captioned PNG."""
-    return save_plain_png(image_grid([[to_pil(img) for img in row] for row in images], row_labels), path)
+def save_seed_grid(images: torch.Tensor, seeds: list[int], title: str, path: str | Path, per_row: int = 4) -> Path:
+    """(n, 3, H, W) images in rows of up to ``per_row``, each captioned with its seed, under ``title``."""
+    rows = [images[i : i + per_row] for i in range(0, len(images), per_row)]
+    labels = [[f"seed {s}" for s in seeds[i : i + per_row]] for i in range(0, len(seeds), per_row)]
+    return save_grid(rows, [], path, cell_labels=labels, title=title)
+
+
+def save_grid(images: torch.Tensor | list[torch.Tensor], row_labels: list[str], path: str | Path, *, column_labels: list[str] = (),
+              cell_labels: list[list[str]] = (), title: str = "") -> Path:
+    """(rows, columns, 3, H, W), or rows of (columns, 3, H, W) of different lengths -> one
+    labelled PNG (see :func:`lowbudget.viz.image_grid`)."""
+    rows = [[to_pil(img) for img in row] for row in images]
+    return save_plain_png(image_grid(rows, row_labels, column_labels=column_labels, cell_labels=cell_labels,
+                                     title=title), path)
 
 
 def open_pipeline(base: str | Path | None, adapters: list[Path], warn=print, *, trust: str | Path | None = None,

@@ -85,6 +85,15 @@ class Step:
 Watch = Callable[[Step], None]
 
 
+def unet_calls(req: SampleRequest) -> int:
+    """How many sampling steps ``sample(pipe, req)`` runs (one U-Net call each): what a progress
+    bar counts. A partial-strength inpainting starts part-way."""
+    steps = req.steps
+    if req.inpaint is not None and req.inpaint.strength < 1.0:
+        steps = max(1, round(req.inpaint.strength * steps))
+    return -(-len(req.seeds) // req.batch_size) * steps
+
+
 def native_size(pipe) -> int:
     return int(pipe.unet.config.sample_size) * vae_scale_factor(pipe.vae)
 

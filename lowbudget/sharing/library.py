@@ -19,10 +19,10 @@ from lowbudget.adapters.foreign_layouts import read_embedding
 from lowbudget.errors import AdapterError, SignatureError, quote
 from lowbudget.io import atomic_write, atomic_write_text, output_folder, sha256_file
 from lowbudget.models import load_base
+from lowbudget.models.embedded import EMBEDDED
 from lowbudget.adapters.signing import check_signature, read_signature, verify_file
 
 INDEX = "index.json"
-EMBEDDED = "embedded"
 
 
 @dataclass
@@ -76,7 +76,10 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
                    log: Callable[[str], None] = print) -> LibraryEntry:
     """Copy an embedding into the library and index it (an existing file is never replaced).
 
-    ``trust`` / ``require_signature`` check its signature first, as ``load_adapter`` does.
+    ``base`` is loaded and the embedding must fit it; the index records the base's name (its
+    folder or file name, or 'embedded'), never the local path, since the index is what other
+    sites read. ``trust`` / ``require_signature`` check the signature first, as ``load_adapter``
+    does.
     """
     folder, file = Path(folder), Path(file)
     note = check_signature(file, trust, require_signature)
@@ -84,6 +87,9 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
         log(note)
     emb = read_embedding(file)
     check_not_a_word(emb)
+    loaded = load_base(base)
+    name = EMBEDDED if base in ("", EMBEDDED) else loaded.name
+    check_embedding(emb, loaded.tokenizer, loaded.text_encoder, base_name=name)
     if not (folder / INDEX).is_file():  # not a library yet: new, empty, or a folder lowbudget made
         output_folder(folder, option="--library", command="library add")
     target = folder / file.name
@@ -92,7 +98,7 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
         raise AdapterError(f"the library '{folder}' already has {file.name} or the token {emb.token}")
     atomic_write(target, lambda tmp: shutil.copyfile(file, tmp))
     signed = read_signature(target) if target.suffix == ".safetensors" else None
-    entry = LibraryEntry(file=file.name, token=emb.token, base=base, modality=emb.metadata.get("modality", ""),
+    entry = LibraryEntry(file=file.name, token=emb.token, base=name, modality=emb.metadata.get("modality", ""),
                          n_vectors=int(emb.vectors().shape[0]), sha256=sha256_file(target),
                          description=description or emb.metadata.get("description", ""),
                          signer=signed.signer if signed else "")
@@ -100,19 +106,42 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
     return entry
 
 
+def _fit_problem(entry: LibraryEntry, path: Path, bases: dict[str, str | Path], loaded: dict, log) -> str | None:
+    """Why the entry does not load on its base, if it does not; None when it does or when its
+    base is not on this machine (said with ``log``). ``loaded`` caches bases by name."""
+    local = bases.get(entry.base, entry.base)
+    if local != EMBEDDED and not Path(local).expanduser().exists():
+        log(f"{entry.file}: its base '{entry.base}' is not on this machine, so its fit was not checked "
+            f"(give --base {entry.base}=PATH)")
+        return None
+    try:
+        if entry.base not in loaded:
+            loaded[entry.base] = load_base(local)
+        base = loaded[entry.base]
+        check_embedding(read_embedding(path), base.tokenizer, base.text_encoder, base_name=entry.base)
+    except Exception as exc:  # report every entry, not just the first failure
+        return f"{entry.file}: does not load on base '{entry.base}': {exc}"
+    return None
+
+
 def write_index(folder: Path, entries: list[LibraryEntry]) -> None:
     rows = [asdict(e) for e in sorted(entries, key=lambda e: e.file)]
     atomic_write_text(folder / INDEX, json.dumps({"embeddings": rows}, indent=2) + "\n")
 
 
-def verify_library(folder: str | Path, trust: str | Path | None = None) -> list[str]:
+def verify_library(folder: str | Path, trust: str | Path | None = None, bases: dict[str, str | Path] | None = None,
+                   log: Callable[[str], None] = print) -> list[str]:
     """Every problem found, one line each: missing files, checksum mismatches, files that do not
-    fit their base, and with ``trust`` (a folder of public keys) signatures that do not verify."""
+    fit their base, and with ``trust`` (a folder of public keys) signatures that do not verify.
+
+    An entry's base is found by its name: 'embedded', a name in ``bases`` (name -> local path),
+    or (indexes written before names) a path on this machine; an entry whose base is none of
+    these is not checked for fit, and ``log`` says so."""
     folder = Path(folder)
     if not (folder / INDEX).is_file():
         raise AdapterError(f"'{folder}' is not a library: it has no {INDEX}" if folder.is_dir()
                            else f"library folder '{folder}' does not exist")
-    problems, bases = [], {}
+    problems, loaded = [], {}
     for entry in read_index(folder):
         path = folder / entry.file
         if not path.is_file():
@@ -121,13 +150,9 @@ def verify_library(folder: str | Path, trust: str | Path | None = None) -> list[
         if sha256_file(path) != entry.sha256:
             problems.append(f"{entry.file}: sha256 differs from {INDEX}")
             continue
-        try:
-            if entry.base not in bases:
-                bases[entry.base] = load_base("" if entry.base == EMBEDDED else entry.base)
-            base = bases[entry.base]
-            check_embedding(read_embedding(path), base.tokenizer, base.text_encoder, base_name=entry.base)
-        except Exception as exc:  # report every entry, not just the first failure
-            problems.append(f"{entry.file}: does not load on base '{entry.base}': {exc}")
+        unfit = _fit_problem(entry, path, bases or {}, loaded, log)
+        if unfit:
+            problems.append(unfit)
             continue
         if trust is not None:
             try:

@@ -27,7 +27,7 @@ def validation_grid(base: BaseModel, prompts: list[str], seeds: list[int], *, re
                 for p in prompts]
     finally:
         base.unet.train(modes[0]), base.text_encoder.train(modes[1])
-    return save_grid(torch.stack(rows), prompts, path)
+    return save_grid(torch.stack(rows), prompts, path, column_labels=[f"seed {s}" for s in seeds])
 
 
 def write_loss_curve(losses: list[float], output_dir: Path,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from lowbudget.adapters import own_files
 from lowbudget.adapters.lora import lora_adapter_metadata, lora_state_dict
@@ -26,6 +25,7 @@ from lowbudget.adapters.textual_inversion import TokenBank
 from lowbudget.errors import TrainingError
 from lowbudget.io import atomic_write_text
 from lowbudget.models import BaseModel
+from lowbudget.progress import Progress
 from lowbudget.recipe import Recipe
 from lowbudget.training import checkpoint
 from lowbudget.training.feedback import validation_grid, write_loss_curve
@@ -79,7 +79,7 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
         log(f"the run stopped early at step {run.start_step}: {run.stopper.reason}")
     last = run.start_step if run.stopper.reason else optim.max_steps
     done = run.start_step
-    bar = _progress(progress, run.start_step, optim.max_steps)
+    bar = Progress(optim.max_steps, "train", enabled=progress and accelerator.is_main_process, initial=run.start_step)
     for step in range(run.start_step, last):
         t_step = time.perf_counter()
         seed = _step_seed(optim.seed, step, accelerator.process_index)
@@ -124,25 +124,27 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
             run.ema.update(run.trainable)
         losses.append(step_loss)
         step_times.append(time.perf_counter() - t_step)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
-        bar.update(1)
+        bar.update(1, loss=f"{step_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
 
         done = step + 1
+        if _validation_due(recipe, done):
+            bar.doing(f"validation at step {done}")  # minutes, on a big base: say so
         stop = _evaluate(run, recipe, done) if _validation_due(recipe, done) else False  # every process: all stop together
         if accelerator.is_main_process:
             if _validation_due(recipe, done) and recipe.output.validation_prompts:
                 with accelerator.autocast():  # frozen weights may be bf16/fp16
                     _validate(run.base, run.bank, recipe, out / "samples" / f"step-{done:06d}.png")
+            bar.doing("")
             if recipe.output.checkpoint_every and done % recipe.output.checkpoint_every == 0 and done < optim.max_steps:
                 checkpoint.save_checkpoint(out, step=done, trainable=run.trainable, optimizer=optimizer,
                                            losses=losses, recipe=recipe.to_dict(), extra=run.extra_state())
         if stop:
-            bar.close()
             log(f"stopped at step {done} of {optim.max_steps}: {run.stopper.reason}")
             break
-    bar.close()
 
+    bar.doing("writing the adapter files" + (" and the final validation grid" if _final_grid(recipe, run, done) else ""))
     written = _finish(run, recipe, out, done, log) if accelerator.is_main_process else []
+    bar.close()
     accelerator.wait_for_everyone()
     median = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
     return TrainResult(out, written, done, losses, median, startup, stopped=run.stopper.reason,
@@ -193,7 +195,7 @@ def _finish(run: Run, recipe: Recipe, out: Path, done: int, log: Callable[[str],
     )
     with swapped_in(run.trainable, tensors):  # the adapter files read the live modules
         written = _write_adapters(out, run.base, run.bank, recipe, provenance)
-        if recipe.output.validation_prompts and not recipe.output.validation_every and run.start_step < done:
+        if _final_grid(recipe, run, done):
             with run.accelerator.autocast():
                 written.append(_validate(run.base, run.bank, recipe, out / "samples" / "final.png"))
     written.append(write_loss_curve(run.losses, out, run.evaluations))
@@ -267,8 +269,9 @@ class _DataOrder:
         return torch.stack([self._perm(k // self.n)[k % self.n] for k in range(start, start + self.batch_size)])
 
 
-def _progress(enabled: bool, start: int, total: int):
-    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+def _final_grid(recipe: Recipe, run: Run, done: int) -> bool:
+    """A grid of the written adapter, when no periodic validation drew one during this run."""
+    return bool(recipe.output.validation_prompts) and not recipe.output.validation_every and run.start_step < done
 
 
 def _validation_due(recipe: Recipe, done: int) -> bool:

@@ -25,6 +25,7 @@ from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
 from lowbudget.data.dataset import ImageSet, load_image_folder
 from lowbudget.data.split import describe_split, split_by_patient
 from lowbudget.errors import DataError, TrainingError
+from lowbudget.progress import plural
 from lowbudget.io import output_folder
 from lowbudget.models import BaseModel, load_base
 from lowbudget.models.embedded import cache_dir
@@ -75,7 +76,7 @@ class Run:
 def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) -> Run:
     data, method, optim = recipe.data, recipe.method, recipe.optim
     images = phantom_image_set(data) if data.phantoms and not data.path else load_image_folder(data, warn=log)
-    log(f"data: {len(images)} image(s) from {images.folder} ({images.caption_source} captions, "
+    log(f"data: {plural(len(images), 'image')} from {images.folder} ({images.caption_source} captions, "
         f"{len(images.skipped)} skipped)")
     validation = _validation_images(images, data, log)
     if validation is not None:
@@ -194,7 +195,7 @@ def _latents(base: BaseModel, images: ImageSet, device: torch.device, weight_dty
     """Every image encoded once (the VAE never runs inside the loop). The caller drops the
     pixels when this returns: at 512 px, 100 images are ~300 MB of float32."""
     latents = encode_images(base.vae, images.images, device=device, dtype=weight_dtype, cache_dir=cache_dir() / "latents")
-    log(f"latents: {latents.encoded} image(s) encoded, {len(images) - latents.encoded} from the cache")
+    log(f"latents: {plural(latents.encoded, 'image')} encoded, {len(images) - latents.encoded} from the cache")
     latents.mean, latents.std = latents.mean.to(device), latents.std.to(device)
     return latents
 
