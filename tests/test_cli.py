@@ -11,7 +11,6 @@ from lowbudget.cli import main
 from lowbudget.recipe import load_recipe, tomllib
 
 
-
 def test_train_ti_from_the_cli_on_mixed_formats(monkeypatch, capsys, tiny_base, mixed_folder, tmp_path):
     recipe = ROOT / "recipes" / "phantom" / "chest-ti.toml"
     code, _, err = run(monkeypatch, capsys, "train", recipe, "--base", tiny_base, "--data", mixed_folder,
@@ -142,3 +141,17 @@ def test_one_name_for_the_embedded_base(monkeypatch, capsys, tmp_path):
     assert pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 64
     code, _, err = run(monkeypatch, capsys, "library", "verify", "--base", "sd15")
     assert_one_line_error(code, err, r"--base 'sd15' must look like NAME=PATH")
+
+
+def test_training_says_when_it_validates_and_writes(monkeypatch, capsys, tiny_base, mixed_folder, tmp_path):
+    """Off a terminal, progress is plain lines; the bar never sits silent at its last step."""
+    recipe = ROOT / "recipes" / "phantom" / "chest-ti.toml"
+    code, _, err = run(monkeypatch, capsys, "train", recipe, "--base", tiny_base, "--data", mixed_folder,
+                       "--output", tmp_path / "o", "--max-steps", 2, "--set", "data.resolution=32",
+                       "--set", "optim.batch_size=2", "--set", "output.validation_every=2",
+                       "--set", "output.validation_inference_steps=2", "--set", "output.validation_seeds=[0]")
+    assert code == 0, err
+    lines = err.splitlines()
+    at = [lines.index(text) for text in ("train: validation at step 2", "train: writing the adapter files")]
+    assert at == sorted(at) and re.fullmatch(r"train: done, \d+:\d\d", lines[at[-1] + 1]), err
+    assert "trained 2 steps;" in err and "\r" not in err  # no carriage-return bar in a log

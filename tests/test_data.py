@@ -175,7 +175,7 @@ def test_empty_missing_and_all_broken_folders_fail(tmp_path):
         load_image_folder(cfg(tmp_path / "empty"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"junk")
-    with pytest.raises(DataError, match="1 file\\(s\\) tried, none readable"):
+    with pytest.raises(DataError, match="1 file tried, none readable"):
         load_image_folder(cfg(tmp_path / "bad"), warn=lambda m: None)
     with pytest.raises(DataError, match="pass --data"):
         load_image_folder(cfg(""))

@@ -124,4 +124,4 @@ def test_doctor_fails_plainly_when_an_operation_or_a_version_is_off(monkeypatch,
     assert code == 1
     assert re.search(r"transformers\s+5\.24\.0\s+>=4\.45,<5\.24\s+OUTSIDE the tested range", out)
     assert "FAIL LoRA on the text encoder (transformers + peft): The version of PEFT" in out
-    assert "2 problem(s): transformers; LoRA on the text encoder" in err and "Traceback" not in err
+    assert "2 problems: transformers; LoRA on the text encoder" in err and "Traceback" not in err

@@ -26,7 +26,8 @@ from lowbudget.bench.compose_check import compose_checks
 from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
 from lowbudget.bench.tables import markdown_table, save_pngs, save_strip, write_html
 from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
-                                      modality_of, open_with, recognised_rate, train_finding, training_rate)
+                                      modality_of, open_with, prompts, recognised_rate, train_finding,
+                                      training_rate)
 from lowbudget.errors import LowbudgetError
 from lowbudget.evaluate.classifier import ClassifierConfig, downstream
 from lowbudget.evaluate.diversity import diversity
@@ -137,7 +138,7 @@ def _base(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
     for name, mod in MODALITIES.items():
         t0 = time.perf_counter()
         images = generate_gray(pipe, mod.plain_prompt, seeds, cfg.sampling)
-        save_strip(images[:8], output / f"base-{name}.png")
+        save_strip(images[:8], output / f"base-{name}.png", [f"seed {s}" for s in seeds[:8]], title=mod.plain_prompt)
         rates = {f: detection_rate(f, images) for f in mod.findings}
         data[name] = {"recognised": recognised_rate(name, images), "finding_rates": rates}
         rows.append([name, f'"{mod.plain_prompt}"', data[name]["recognised"],
@@ -155,7 +156,8 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
         trained = time.perf_counter() - t0
         fid = fidelity(spec, files, n=cfg.n_eval, sampling=cfg.sampling)
         rates = fid["rates"] | {"training_images": training_rate(spec)}
-        save_strip(fid["images"]["token"][:8], output / f"fidelity-{finding}.png")
+        save_strip(fid["images"]["token"][:8], output / f"fidelity-{finding}.png",
+                   title=f"{prompts(finding)['token']} ({', '.join(p.name for p in files)})")
         data[finding] = {"rates": rates, "files": [str(p) for p in files], "train_seconds": round(trained, 1)}
         rows.append([finding, rates["token"], rates["init"], rates["plain"], rates["training_images"],
                      f"{trained:.0f} + {time.perf_counter() - t0 - trained:.0f} s"])

@@ -184,14 +184,18 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     seeds = list(range(70_000, 70_000 + cfg.compose_seeds))
     interp = interpolation_check(pipe, cfg.sampling, seeds)
     for method, r in interp.items():
-        save_strip(r.pop("strip")[0], output / f"interpolation-{method}.png")
+        save_strip(r.pop("strip")[0], output / f"interpolation-{method}.png", [f"weight {w:.2f}" for w in r["weights"]],
+                   title=f"{method}: seed {seeds[0]}, from {A} to {B}")
         log(f"  interpolation {method}: mean Spearman rho {r['rho_mean']:.3f}")
     reference = text_state_reference(pipe, cfg.sampling, seeds)
-    save_strip(reference.pop("strip")[0], output / "interpolation-text-states.png")
+    save_strip(reference.pop("strip")[0], output / "interpolation-text-states.png",
+               [f"weight {w:.2f}" for w in reference["weights"]], title=f"text states mixed linearly: seed {seeds[0]}")
     reference["conditioning_progress"] = reference["weights"]  # linear by construction
     log(f"  interpolation of the text states (reference): mean Spearman rho {reference['rho_mean']:.3f}")
-    comb = combination_check(pipe, cfg.sampling, list(range(71_000, 71_000 + 2 * cfg.compose_seeds)))
-    save_strip(comb.pop("images")[:8], output / "combination.png")
+    comb_seeds = list(range(71_000, 71_000 + 2 * cfg.compose_seeds))
+    comb = combination_check(pipe, cfg.sampling, comb_seeds)
+    save_strip(comb.pop("images")[:8], output / "combination.png", [f"seed {s}" for s in comb_seeds[:8]],
+               title=comb["prompt"])
     inp_seeds = list(range(72_000, 72_000 + 2 * cfg.compose_seeds))
     inp = inpainting_check(pipe, cfg.sampling, inp_seeds)
     save_inpainting_panel(inp.pop("originals")[:4], inp.pop("images")[:4], inp["box"], output / "inpainting.png",

@@ -15,6 +15,7 @@ def doctor() -> None:
     """Check the installed packages, the device and the operations training needs; exit 1 if any fails."""
     quiet_libraries()
     from lowbudget.doctor import device_lines, package_statuses, probes
+    from lowbudget.progress import plural
 
     packages = package_statuses()
     typer.echo("packages (installed, range lowbudget is tested in):")
@@ -30,7 +31,7 @@ def doctor() -> None:
         typer.echo(f"  {'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
     failed = [p.name for p in packages if not p.ok] + [c.name for c in checks if not c.ok]
     if failed:
-        typer.echo(f"{len(failed)} problem(s): {'; '.join(failed)}. `make setup` installs the tested versions "
+        typer.echo(f"{plural(len(failed), 'problem')}: {'; '.join(failed)}. `make setup` installs the tested versions "
                    f"(requirements.lock).", err=True)
         raise typer.Exit(1)
     typer.echo("everything lowbudget needs works here")

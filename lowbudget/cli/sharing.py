@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.common import Overwrite, info, quiet_libraries
+from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries
 from lowbudget.errors import LowbudgetError
 from lowbudget.progress import plural
 
@@ -84,6 +84,7 @@ def share(
         help="Largest fraction of near-copies that is released.")] = 0.05,
     steps: Annotated[int, typer.Option("--steps", help="Sampler steps per image.")] = 25,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Release check: sample, audit against the training images, and sign only what passes."""
     from lowbudget.models import load_base
@@ -92,7 +93,7 @@ def share(
     check = ReleaseCheck(samples=samples, threshold=threshold, steps=steps)
     quiet_libraries()
     audit = release(adapter, training, key, output, base=load_base(base), prompt=prompt, check=check,
-                    overwrite=overwrite, log=info)
+                    overwrite=overwrite, log=info, progress=not quiet)
     info(f"released {audit['file']}: {audit['flagged_fraction']:.1%} of {audit['samples']} samples flagged as "
          f"near-copies (threshold {audit['threshold']:.0%}); signed; audit in {output / 'memorisation.md'}")
 

@@ -20,6 +20,7 @@ from PIL import Image
 from lowbudget.data.captions import METADATA_FILE, caption_for, read_patient_ids, resolve_caption_source
 from lowbudget.data.readers import ImageNote, UnreadableImage, image_kind, read_image_scaled, read_mask
 from lowbudget.errors import DataError
+from lowbudget.progress import plural
 from lowbudget.recipe import DataConfig
 
 
@@ -96,7 +97,7 @@ def load_image_folder(cfg: DataConfig, *, warn: Callable[[str], None] = print) -
         stretched += by_content
 
     if not images:
-        tried = f"{len(candidates)} file(s) tried, none readable" if candidates else "no PNG/JPEG/TIFF, DICOM or NIfTI files found"
+        tried = f"{plural(len(candidates), 'file')} tried, none readable" if candidates else "no PNG/JPEG/TIFF, DICOM or NIfTI files found"
         raise DataError(f"data folder '{folder}' has no usable training image ({tried})")
     if 0 < stretched < len(images):  # 8-bit files beside percentile-stretched 16-bit ones: two contrasts
         warn(f"data folder '{folder}': {stretched} of {len(images)} images are stretched by their own gray levels "

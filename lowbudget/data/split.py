@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from lowbudget.data.dataset import ImageSet
 from lowbudget.errors import DataError
+from lowbudget.progress import plural
 
 
 def split_by_patient(images: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -23,7 +24,7 @@ def split_by_patient(images: ImageSet, fraction: float, seed: int) -> tuple[Imag
         groups.setdefault(image.patient_key, []).append(i)
     if len(groups) < 2:
         raise DataError(f"data.validation_fraction needs images of at least 2 patients; '{images.folder}' has "
-                        f"{len(images)} image(s) of one patient ({images.patient_column} column)")
+                        f"{plural(len(images), 'image')} of one patient ({images.patient_column} column)")
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     n_held = min(len(names) - 1, max(1, round(fraction * len(names))))
@@ -39,5 +40,5 @@ def describe_split(train: ImageSet, validation: ImageSet) -> str:
         return len({im.patient_key for im in s.images})
 
     source = f"{train.patient_column} column" if train.patient_column else "no patient column: one patient per image"
-    return (f"validation: {len(validation)} image(s) of {patients(validation)} patient(s) held out, "
-            f"{len(train)} image(s) of {patients(train)} patient(s) train ({source})")
+    return (f"validation: {plural(len(validation), 'image')} of {plural(patients(validation), 'patient')} held out, "
+            f"{plural(len(train), 'image')} of {plural(patients(train), 'patient')} train ({source})")

@@ -17,7 +17,7 @@ import torch
 from lowbudget.data.dataset import fit_square, image_files, to_rgb
 from lowbudget.data.readers import UnreadableImage, read_image
 from lowbudget.errors import DataError
-from lowbudget.progress import track
+from lowbudget.progress import plural, track
 from lowbudget.recipe import DataConfig
 
 
@@ -77,7 +77,7 @@ def labelled_images(folder: str | Path, labels_csv: str | Path | None = None, *,
         names = [by_name.get(p.relative_to(folder).as_posix(), by_name.get(p.name)) for p in paths]
         unlabelled = [p for p, n in zip(paths, names) if n is None]
         if unlabelled:
-            raise DataError(f"'{unlabelled[0]}' has no row in '{labels_csv}' ({len(unlabelled)} image(s) unlabelled)")
+            raise DataError(f"'{unlabelled[0]}' has no row in '{labels_csv}' ({plural(len(unlabelled), 'image')} unlabelled)")
     else:
         names = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in paths]
         if None in names:

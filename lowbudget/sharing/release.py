@@ -30,8 +30,9 @@ from lowbudget.evaluate.memorisation import memorisation
 from lowbudget.evaluate.report import write_report
 from lowbudget.io import output_folder
 from lowbudget.models.base import BaseModel
+from lowbudget.progress import Progress
 from lowbudget.sampling.outputs import record, save_png
-from lowbudget.sampling.sampler import SampleRequest, sample
+from lowbudget.sampling.sampler import SampleRequest, sample, unet_calls
 from lowbudget.adapters.signing import sign_file
 
 MIN_TRAINING = 8  # measured: 8 phantoms tell a copying LoRA from a fresh one; 2 do not
@@ -57,8 +58,9 @@ class ReleaseCheck:
 
 def share(adapter: str | Path, training: str | Path, key: str | Path, output: str | Path, *, base: BaseModel,
           prompt: str | None = None, check: ReleaseCheck = ReleaseCheck(), overwrite: bool = False,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the release check; on success write the signed adapter and the audit into ``output``."""
+          log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+    """Run the release check; on success write the signed adapter and the audit into ``output``.
+    ``progress`` shows the sampling's steps and time left."""
     adapter, output = Path(adapter), Path(output)
     file = adapter / LORA_WEIGHT_NAME if adapter.is_dir() else adapter
     output_folder(output, overwrite=overwrite, command="share")
@@ -69,7 +71,9 @@ def share(adapter: str | Path, training: str | Path, key: str | Path, output: st
     log(f"release check: {check.samples} samples of {text!r}, audited against '{training}'")
     with tempfile.TemporaryDirectory(prefix="lowbudget-share-") as tmp:
         request = SampleRequest(prompt=text, seeds=list(range(check.seed, check.seed + check.samples)), steps=check.steps)
-        for seed, image in zip(request.seeds, sample(pipe, request)):
+        with Progress(unet_calls(request), "release check: sampling", enabled=progress) as bar:
+            images = sample(pipe, request, watch=lambda _: bar.update())  # (n, 3, H, W)
+        for seed, image in zip(request.seeds, images):
             save_png(image, Path(tmp) / f"sample-{seed:06d}.png", record(request, seed, {"name": base.name}, []))
         result = memorisation(tmp, training, percentile=check.percentile)
         write_report(output, "memorisation", result)

@@ -145,7 +145,7 @@ def _validation_images(images: ImageSet, data: DataConfig, log: Callable[[str], 
         held = load_image_folder(replace(data, path=data.validation_path, max_images=0), warn=log)
         shared = {im.patient for im in held.images} & {im.patient for im in images.images} - {None}
         if shared:
-            raise DataError(f"data.validation_path '{data.validation_path}' holds images of {len(shared)} patient(s) "
+            raise DataError(f"data.validation_path '{data.validation_path}' holds images of {plural(len(shared), 'patient')} "
                             f"that also train, e.g. {sorted(shared)[0]!r}; one patient's images belong on one side")
         split = images, held
     elif data.validation_fraction:
