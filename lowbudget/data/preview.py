@@ -45,15 +45,16 @@ class Preview:
     files: list[PreviewFile]
     warnings: list[str]  # about the folder, then about single files
 
-    def sheet(self, path: Path, per_row: int = 8, cell: int = 128) -> Path:
-        """A contact sheet: each image as training sees it, under its name, how it was read,
-        and its caption."""
-        thumbs = [to_pil(im.pixels).resize((cell, cell), Image.Resampling.BILINEAR) for im in self.images.images]
-        labels = [f"{f.path.name}\n{f.size}, {f.read_as}\n{f.caption}" for f in self.files]
+    def sheet(self, path: Path, per_row: int = 8, cell: int = 128, limit: int = 96) -> Path:
+        """A contact sheet: each image (the first ``limit``) as training sees it, under its name,
+        how it was read, and its caption."""
+        shown = self.images.images[:limit]
+        thumbs = [to_pil(im.pixels).resize((cell, cell), Image.Resampling.BILINEAR) for im in shown]
+        labels = [f"{f.path.name}\n{f.size}, {f.read_as}\n{f.caption}" for f in self.files[:limit]]
         rows = [thumbs[i : i + per_row] for i in range(0, len(thumbs), per_row)]
         cells = [labels[i : i + per_row] for i in range(0, len(labels), per_row)]
-        title = (f"{self.images.folder}: {len(self.files)} images as training reads them "
-                 f"({self.images.caption_source} captions)")
+        count = f"{len(shown)} of {len(self.files)}" if len(shown) < len(self.files) else f"{len(self.files)}"
+        title = f"{self.images.folder}: {count} images as training reads them ({self.images.caption_source} captions)"
         return save_png(image_grid(rows, cell_labels=cells, title=title), path)
 
 
