@@ -37,8 +37,9 @@ class Progress:
     """Counts ``total`` units of one job called ``what``; use as a context manager.
 
     ``unit=None`` counts weighted work (shown as a share, not a count). ``every`` is the least
-    number of seconds between two plain lines; ``enabled=False`` shows nothing (``--quiet``). ``initial`` units were done before (a resumed run): they count
-    towards the fraction, not towards the pace.
+    number of seconds between two plain lines; ``enabled=False`` shows nothing (``--quiet``).
+    ``initial`` units were done before (a resumed run): they count towards the share, not
+    towards the pace.
     """
 
     def __init__(self, total: float, what: str, unit: str | None = "step", *, enabled: bool = True,

@@ -127,14 +127,16 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
         bar.update(1, loss=f"{step_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
 
         done = step + 1
-        if _validation_due(recipe, done):
-            bar.doing(f"validation at step {done}")  # minutes, on a big base: say so
-        stop = _evaluate(run, recipe, done) if _validation_due(recipe, done) else False  # every process: all stop together
+        due = _validation_due(recipe, done)
+        if due:
+            bar.doing(f"validation at step {done}")  # minutes on a big base: say so, not a bar at rest
+        stop = _evaluate(run, recipe, done) if due else False  # every process: all stop together
         if accelerator.is_main_process:
-            if _validation_due(recipe, done) and recipe.output.validation_prompts:
+            if due and recipe.output.validation_prompts:
                 with accelerator.autocast():  # frozen weights may be bf16/fp16
                     _validate(run.base, run.bank, recipe, out / "samples" / f"step-{done:06d}.png")
-            bar.doing("")
+            if due:
+                bar.doing("")
             if recipe.output.checkpoint_every and done % recipe.output.checkpoint_every == 0 and done < optim.max_steps:
                 checkpoint.save_checkpoint(out, step=done, trainable=run.trainable, optimizer=optimizer,
                                            losses=losses, recipe=recipe.to_dict(), extra=run.extra_state())
