@@ -41,6 +41,8 @@ def train(
     loaded = load_recipe(recipe, values)
     quiet_libraries()
     result = run_training(loaded, resume=resume, overwrite=overwrite, progress=not quiet, log=info)
+    if not result.main_process:  # another process of a multi-process launch: the main one reports
+        return
     info(f"trained {plural(result.steps, 'step')}; median {result.seconds_per_step:.3f} s/step; "
           f"start-up {result.startup_seconds:.1f} s; final loss {result.losses[-1]:.4f}")
     for path in result.files:

@@ -31,7 +31,7 @@ from lowbudget.training import checkpoint
 from lowbudget.training.feedback import validation_grid, write_loss_curve
 from lowbudget.training.loss import masked_mse, min_snr_weights
 from lowbudget.training.schedule import lr_factor
-from lowbudget.training.setup import Run, claim_output, set_up
+from lowbudget.training.setup import Run, claim_output, is_main_process, set_up
 from lowbudget.training.stopping import swapped_in
 
 @dataclass
@@ -45,6 +45,7 @@ class TrainResult:
     stopped: str = ""  # why the run stopped early; "" when it ran its budget
     written_step: int = 0  # the step whose tensors the adapter files hold
     evaluations: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, loss) per evaluated loss
+    main_process: bool = True  # False in the other processes of a multi-process run, which write nothing
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -55,8 +56,10 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prog
     before its first one); ``overwrite`` lets a new run write into a folder that holds files
     lowbudget did not write. With ``optim.deterministic`` the run is bit-for-bit repeatable.
     """
-    with reproducible(recipe.optim.deterministic):
-        return _train(recipe, resume=resume, overwrite=overwrite, progress=progress, log=log)
+    main = is_main_process()
+    with reproducible(recipe.optim.deterministic):  # one voice: the other processes of a launch stay quiet
+        return _train(recipe, resume=resume, overwrite=overwrite, progress=progress and main,
+                      log=log if main else (lambda message: None))
 
 
 def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log: Callable[[str], None]) -> TrainResult:
@@ -90,7 +93,7 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
         if run.bank is not None:
             run.bank.parameter.requires_grad_(step < run.ti_steps)
 
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=device)
         for micro in range(optim.grad_accum):
             idx = order.batch(step * optim.grad_accum + micro, accelerator.process_index)  # (B,)
             x0 = run.latents.sample(idx, gen) * run.scaling  # (B, 4, h, w)
@@ -112,7 +115,8 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
                     "Try model.precision = 'bf16' or 'fp32', or a lower learning rate"
                 )
             accelerator.backward(loss / optim.grad_accum)
-            step_loss += loss.item() / optim.grad_accum
+            step_loss += loss.detach() / optim.grad_accum
+        step_loss = accelerator.reduce(step_loss, reduction="mean").item()  # the global batch's loss, the same on every process
 
         if optim.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for p in run.trainable.values() if p.grad is not None], optim.max_grad_norm)
@@ -150,7 +154,8 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
     accelerator.wait_for_everyone()
     median = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
     return TrainResult(out, written, done, losses, median, startup, stopped=run.stopper.reason,
-                       written_step=_written(run, done)[1], evaluations=run.evaluations)
+                       written_step=_written(run, done)[1], evaluations=run.evaluations,
+                       main_process=accelerator.is_main_process)
 
 
 def _evaluate(run: Run, recipe: Recipe, step: int) -> bool:

@@ -10,6 +10,7 @@ the checkpoint to resume from. It hands the loop a :class:`Run`.
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -235,6 +236,7 @@ def _accelerator(recipe: Recipe) -> Accelerator:
     # distributed state of an `accelerate launch` (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
+        cpu=_on_cpu(),
         mixed_precision="no" if precision == "fp32" else precision,
         # pivotal tuning stops the token gradients midway; DDP must tolerate unused parameters
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=recipe.method.kind == "ti+lora")],
@@ -255,13 +257,22 @@ def claim_output(out: Path, resume: bool, overwrite: bool, log: Callable[[str], 
     if resume and not checkpoint.checkpoint_path(out).exists():
         log(f"note: the run in '{out}' stopped before its first checkpoint; starting it again from step 0")
         resume = False
-    if not holds_run and _is_main_process():
+    if not holds_run and is_main_process():
         output_folder(out, overwrite=overwrite, command="train")
     return resume
 
 
-def _is_main_process() -> bool:
-    return PartialState().is_main_process
+def is_main_process() -> bool:
+    """The process that writes files and speaks (the only one, outside a multi-process launch)."""
+    return PartialState(cpu=_on_cpu()).is_main_process
+
+
+def _on_cpu() -> bool:
+    """Whether the processes train on CPUs. accelerate fixes its process-wide state on first use,
+    and treats several CPU processes (torchrun, mpirun) as one group only when told it is on
+    CPU: without this, each of two CPU processes would call itself the only one, and both
+    would write the adapter files."""
+    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
 
 # A resumed run must draw what the unbroken run would have drawn: these may not change.
