@@ -85,9 +85,7 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
     bar = Progress(optim.max_steps, "train", enabled=progress and accelerator.is_main_process, initial=run.start_step)
     for step in range(run.start_step, last):
         t_step = time.perf_counter()
-        seed = _step_seed(optim.seed, step, accelerator.process_index)
-        gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
-        torch.manual_seed(seed)  # LoRA dropout draws from the global generator
+        torch.manual_seed(_step_seed(optim.seed, step, accelerator.process_index))  # LoRA dropout's global generator
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, total=optim.max_steps, warmup=optim.warmup_steps, shape=optim.schedule)
         if run.bank is not None:
@@ -95,13 +93,18 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
 
         step_loss = torch.zeros((), device=device)
         for micro in range(optim.grad_accum):
-            idx = order.batch(step * optim.grad_accum + micro, accelerator.process_index)  # (B,)
-            x0 = run.latents.sample(idx, gen) * run.scaling  # (B, 4, h, w)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(optim.min_timestep, n_train_timesteps, (len(idx),), generator=gen).to(device)
+            slots = order.slots(step * optim.grad_accum + micro, accelerator.process_index)  # global sample numbers
+            idx = order.images(slots)  # (B,)
+            # A sample's draws (latent, noise, timestep, caption) come from its own generator, seeded by
+            # its global number: N processes then train exactly what one process with N times the
+            # batch trains, and gradient accumulation what one bigger batch does.
+            gens = [torch.Generator().manual_seed(_sample_seed(optim.seed, k)) for k in slots]
+            x0 = run.latents.sample(idx, gens) * run.scaling  # (B, 4, h, w)
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
+            t = torch.cat([torch.randint(optim.min_timestep, n_train_timesteps, (1,), generator=g) for g in gens]).to(device)
             x_t = run.scheduler.add_noise(x0, noise, t)
             target = noise if run.scheduler.config.prediction_type == "epsilon" else run.scheduler.get_velocity(x0, noise, t)
-            texts = [run.captioner.text(int(i), rng) for i in idx]
+            texts = [run.captioner.text(int(i), random.Random(_sample_seed(optim.seed, k))) for i, k in zip(idx, slots)]
             ids = run.captioner.ids(texts).to(device)  # (B, 77)
             with accelerator.autocast():
                 cond = run.condition(texts, ids)  # (B, 77, D)
@@ -254,11 +257,17 @@ def _step_seed(seed: int, step: int, process: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + process) % (2**63)
 
 
+def _sample_seed(seed: int, sample: int) -> int:
+    """The seed of the ``sample``-th training sample of a run (counted over all processes)."""
+    return (seed * 1_000_003 + sample * 7_919 + 17) % (2**63)
+
+
 class _DataOrder:
     """A fresh permutation of the images every epoch, derived from (seed, epoch).
 
     Micro-step ``m`` of process ``p`` takes the ``batch_size`` samples starting at
-    ``(m * processes + p) * batch_size`` of the endless sequence of epoch permutations.
+    ``(m * processes + p) * batch_size`` of the endless sequence of epoch permutations: each image
+    once per epoch across processes, and the same global batches however many processes share them.
     """
 
     def __init__(self, n: int, seed: int, batch_size: int, processes: int) -> None:
@@ -271,9 +280,14 @@ class _DataOrder:
             self._perms[epoch] = torch.randperm(self.n, generator=gen)
         return self._perms[epoch]
 
-    def batch(self, micro_step: int, process: int) -> torch.Tensor:  # -> (B,) image indices
+    def slots(self, micro_step: int, process: int) -> range:
+        """The global numbers of the samples this micro-step of this process trains on."""
         start = (micro_step * self.processes + process) * self.batch_size
-        return torch.stack([self._perm(k // self.n)[k % self.n] for k in range(start, start + self.batch_size)])
+        return range(start, start + self.batch_size)
+
+    def images(self, slots: range) -> torch.Tensor:  # -> (B,) image indices
+        return torch.stack([self._perm(k // self.n)[k % self.n] for k in slots])
+
 
 
 def _final_grid(recipe: Recipe, run: Run, done: int) -> bool:
