@@ -3,6 +3,7 @@ per process, what the test checks. ``die`` kills the main process right after it
 checkpoint (the launcher then stops the others), as a crash or a pre-empted job would."""
 
 import hashlib
+import os
 import sys
 
 from accelerate import PartialState
@@ -26,6 +27,7 @@ if mode == "die":
 result = loop.train(load_recipe(recipe_path), resume=mode == "resume", progress=False, log=lambda m: None)
 state = PartialState()
 tokens = written[-1][0]["tokens"].detach().cpu().numpy()
-print(f"process {state.process_index} of {state.num_processes} {state.distributed_type.value} "
-      f"files {len(result.files)} tokens {hashlib.sha256(tokens.tobytes()).hexdigest()[:16]} "
-      f"losses {','.join(f'{v:.6f}' for v in result.losses)}", flush=True)
+line = (f"process {state.process_index} of {state.num_processes} {state.distributed_type.value} "
+        f"files {len(result.files)} tokens {hashlib.sha256(tokens.tobytes()).hexdigest()[:16]} "
+        f"losses {','.join(f'{v:.6f}' for v in result.losses)}\n")
+os.write(1, line.encode())  # one write: the two processes' lines never interleave

@@ -68,17 +68,18 @@ def test_the_cli_under_a_launcher_speaks_once(tiny_base, mixed_folder, tmp_path)
 def test_each_image_once_per_epoch_across_processes():
     n, batch, processes = 10, 2, 2
     order = _DataOrder(n, seed=0, batch_size=batch, processes=processes)
-    slots = [k for m in range(3) for p in range(processes) for k in order.slots(m, p)]
-    assert slots == list(range(12))  # 3 micro-steps x 2 processes x 2: every sample number once
+    assert [list(order.global_batch(m)) for m in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert [order.share(p) for p in range(processes)] == [slice(0, 2), slice(2, 4)]  # no sample twice
     seen = order.images(range(12))
     assert sorted(seen[:n].tolist()) == list(range(n))  # the first epoch whole, then the next one begins
     one_process = _DataOrder(n, seed=0, batch_size=batch * processes, processes=1)
-    assert [k for m in range(3) for k in one_process.slots(m, 0)] == slots  # the same global batches
+    assert [one_process.global_batch(m) for m in range(3)] == [order.global_batch(m) for m in range(3)]
 
 
 def test_two_processes_train_what_one_process_with_twice_the_batch_trains(tiny_base, mixed_folder, tmp_path):
-    """Each sample's draws depend on its global number only, so splitting the global batch over
-    processes changes nothing but the order of floating-point additions in the gradient mean."""
+    """Every process draws the whole global batch's random numbers and keeps its share, so
+    splitting the batch over processes changes nothing but the order of floating-point additions
+    in the gradient mean."""
     from safetensors.torch import load_file
 
     from lowbudget.training import train

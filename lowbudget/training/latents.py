@@ -28,10 +28,9 @@ class LatentSet:
     masks: torch.Tensor | None  # (N, 1, h, w) fp32 loss weights, or None
     encoded: int = 0  # how many images needed the VAE (the rest came from the disk cache)
 
-    def sample(self, idx: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """A draw from each image's latent distribution, with that sample's generator."""
-        mean, std = self.mean[idx], self.std[idx]  # (B, 4, h, w)
-        eps = torch.stack([torch.randn(mean.shape[1:], generator=g, dtype=mean.dtype) for g in generators])
+    def sample(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        mean, std = self.mean[idx], self.std[idx]
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         return mean + std * eps.to(mean.device)
 
 

@@ -85,7 +85,12 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
     bar = Progress(optim.max_steps, "train", enabled=progress and accelerator.is_main_process, initial=run.start_step)
     for step in range(run.start_step, last):
         t_step = time.perf_counter()
-        torch.manual_seed(_step_seed(optim.seed, step, accelerator.process_index))  # LoRA dropout's global generator
+        # Every process draws the random numbers of the whole global batch from the step's one
+        # generator and keeps its own share: N processes train exactly what one process with N
+        # times the batch trains, and a single process draws what it always drew.
+        seed = _step_seed(optim.seed, step, 0)
+        gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+        torch.manual_seed(_step_seed(optim.seed, step, accelerator.process_index))  # LoRA dropout: its own per process
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, total=optim.max_steps, warmup=optim.warmup_steps, shape=optim.schedule)
         if run.bank is not None:
@@ -93,18 +98,15 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
 
         step_loss = torch.zeros((), device=device)
         for micro in range(optim.grad_accum):
-            slots = order.slots(step * optim.grad_accum + micro, accelerator.process_index)  # global sample numbers
-            idx = order.images(slots)  # (B,)
-            # A sample's draws (latent, noise, timestep, caption) come from its own generator, seeded by
-            # its global number: N processes then train exactly what one process with N times the
-            # batch trains, and gradient accumulation what one bigger batch does.
-            gens = [torch.Generator().manual_seed(_sample_seed(optim.seed, k)) for k in slots]
-            x0 = run.latents.sample(idx, gens) * run.scaling  # (B, 4, h, w)
-            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
-            t = torch.cat([torch.randint(optim.min_timestep, n_train_timesteps, (1,), generator=g) for g in gens]).to(device)
+            everyone = order.images(order.global_batch(step * optim.grad_accum + micro))  # (P*B,) all processes'
+            mine = order.share(accelerator.process_index)  # this process's B of them
+            x0 = run.latents.sample(everyone, gen) * run.scaling  # (P*B, 4, h, w)
+            noise = torch.randn(x0.shape, generator=gen)[mine].to(device)
+            t = torch.randint(optim.min_timestep, n_train_timesteps, (len(everyone),), generator=gen)[mine].to(device)
+            texts = [run.captioner.text(int(i), rng) for i in everyone][mine]
+            idx, x0 = everyone[mine], x0[mine]  # (B,), (B, 4, h, w)
             x_t = run.scheduler.add_noise(x0, noise, t)
             target = noise if run.scheduler.config.prediction_type == "epsilon" else run.scheduler.get_velocity(x0, noise, t)
-            texts = [run.captioner.text(int(i), random.Random(_sample_seed(optim.seed, k))) for i, k in zip(idx, slots)]
             ids = run.captioner.ids(texts).to(device)  # (B, 77)
             with accelerator.autocast():
                 cond = run.condition(texts, ids)  # (B, 77, D)
@@ -257,11 +259,6 @@ def _step_seed(seed: int, step: int, process: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + process) % (2**63)
 
 
-def _sample_seed(seed: int, sample: int) -> int:
-    """The seed of the ``sample``-th training sample of a run (counted over all processes)."""
-    return (seed * 1_000_003 + sample * 7_919 + 17) % (2**63)
-
-
 class _DataOrder:
     """A fresh permutation of the images every epoch, derived from (seed, epoch).
 
@@ -280,13 +277,17 @@ class _DataOrder:
             self._perms[epoch] = torch.randperm(self.n, generator=gen)
         return self._perms[epoch]
 
-    def slots(self, micro_step: int, process: int) -> range:
-        """The global numbers of the samples this micro-step of this process trains on."""
-        start = (micro_step * self.processes + process) * self.batch_size
-        return range(start, start + self.batch_size)
+    def global_batch(self, micro_step: int) -> range:
+        """The numbers of the samples every process together trains on at this micro-step."""
+        size = self.processes * self.batch_size
+        return range(micro_step * size, (micro_step + 1) * size)
 
-    def images(self, slots: range) -> torch.Tensor:  # -> (B,) image indices
-        return torch.stack([self._perm(k // self.n)[k % self.n] for k in slots])
+    def share(self, process: int) -> slice:
+        """Where a process's samples sit in the global batch."""
+        return slice(process * self.batch_size, (process + 1) * self.batch_size)
+
+    def images(self, samples: range) -> torch.Tensor:  # -> (len(samples),) image indices
+        return torch.stack([self._perm(k // self.n)[k % self.n] for k in samples])
 
 
 
