@@ -26,11 +26,11 @@ from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
 from lowbudget.data.dataset import ImageSet, load_image_folder
 from lowbudget.data.split import describe_split, split_by_patient
 from lowbudget.errors import DataError, TrainingError
-from lowbudget.progress import plural
 from lowbudget.io import output_folder
 from lowbudget.models import BaseModel, load_base
 from lowbudget.models.embedded import cache_dir
 from lowbudget.phantoms.source import phantom_image_set
+from lowbudget.progress import plural
 from lowbudget.recipe import DataConfig, Recipe
 from lowbudget.training import checkpoint
 from lowbudget.training.conditioning import Captioner, TextConditioner
