@@ -1,7 +1,10 @@
-"""Pictures for people: captioned image grids and a loss curve, drawn with Pillow only."""
+"""Pictures for people: labelled image grids and charts, drawn with Pillow only, and a report's
+markdown as an HTML page."""
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -9,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from lowbudget.version import __version__
-from lowbudget.io import atomic_write
+from lowbudget.io import atomic_write, atomic_write_text
 
 
 def save_png(image: Image.Image, path: str | Path, *, text: dict[str, str] | None = None) -> Path:
@@ -214,3 +217,40 @@ def histogram_chart(series: dict[str, Sequence[float]], title: str = "", bins: i
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """(H, W) or (H, W, 3) float in [0, 1] -> 8-bit PIL image."""
     return Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def write_html(markdown: str, path: Path, title: str) -> Path:
+    """The report's markdown as one self-contained page (the PNGs beside it), for a browser:
+    headings, paragraphs, tables, images and `code`, the subset the reports use."""
+    body, table = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
+                table.append(cells)
+            continue
+        if table:
+            head, *rest = table
+            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</table>")
+            table = []
+        heading = re.match(r"(#{1,4}) (.*)", line)
+        if heading:
+            level = len(heading.group(1))
+            body.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left}"
+            "img{max-width:100%;image-rendering:pixelated}code{background:#f2f2f2}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+    return atomic_write_text(path, page)
+
+
+def _inline(text: str) -> str:
+    """Escape, then render ![alt](src) and `code`."""
+    out = html.escape(text, quote=True)
+    out = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2'>", out)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)

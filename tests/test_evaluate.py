@@ -245,7 +245,10 @@ def test_evaluate_commands_write_json_markdown_and_charts(monkeypatch, capsys, t
         assert code == 0, err
         part = args[0]
         assert key in json.loads((out / f"{part}.json").read_text()) and (out / f"{part}.md").is_file()
-        assert any(p.suffix == ".png" and p.name.startswith(part) for p in out.iterdir())
+        charts = [p.name for p in out.iterdir() if p.suffix == ".png" and p.name.startswith(part)]
+        assert charts
+        page = (out / f"{part}.html").read_text()  # the same report for a browser, its charts shown
+        assert "<table>" in page and all(f"src='{c}'" in page for c in charts)
     code, _, err = run(monkeypatch, capsys, "evaluate", "realism", "--real", tmp_path / "real", "--generated", tmp_path / "gen")
     assert_one_line_error(code, err, r"realism needs a feature extractor; give --extractor FILE")
     code, _, err = run(monkeypatch, capsys, "evaluate", "classifier", "--real", tmp_path / "real")

@@ -9,9 +9,8 @@ import re
 from PIL import Image
 
 from helpers import ROOT, run
-from lowbudget.bench.tables import write_html
 from lowbudget.progress import Progress, clock, plural
-from lowbudget.viz import image_grid
+from lowbudget.viz import image_grid, write_html
 
 
 def test_plain_lines_count_the_work_and_estimate_the_time_left(monkeypatch):

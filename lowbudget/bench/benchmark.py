@@ -24,7 +24,7 @@ import numpy as np
 
 from lowbudget.bench.compose_check import compose_checks
 from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
-from lowbudget.bench.tables import markdown_table, save_pngs, save_strip, write_html
+from lowbudget.bench.tables import markdown_table, save_pngs, save_strip
 from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
                                       modality_of, open_with, prompts, recognised_rate, train_finding,
                                       training_rate)
@@ -36,6 +36,7 @@ from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.progress import Progress
+from lowbudget.viz import write_html
 
 SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose", "convergence")
 # Seconds each section took in the full run of benchmarks/PHANTOM_RESULTS.md (2 CPU cores): the

@@ -14,14 +14,14 @@ from typing import Callable
 from lowbudget.adapters.load import load_adapter
 from lowbudget.bench.compose_check import inpainting_check
 from lowbudget.bench.fidelity import Sampling, detection_rate, generate_gray, modality_of, open_with, prompts, request
-from lowbudget.bench.tables import save_inpainting_panel, save_strip, write_html
+from lowbudget.bench.tables import save_inpainting_panel, save_strip
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms.detectors import DETECTORS, flagged
 from lowbudget.progress import Progress
 from lowbudget.sampling.compose import interpolation
 from lowbudget.sampling.sampler import unet_calls
 from lowbudget.sharing.library import LibraryEntry, read_index
-from lowbudget.viz import bar_chart, save_png
+from lowbudget.viz import bar_chart, save_png, write_html
 
 INTERPOLATION_WEIGHTS = 6
 COMBINATION_SEEDS = list(range(100, 116))

@@ -14,7 +14,7 @@ evaluate_app = typer.Typer(help="Evaluate synthetic images: diversity, realism, 
                           no_args_is_help=True)
 
 
-_Out = Annotated[Path, typer.Option("--output", "-o", help="Folder for <part>.json, <part>.md and PNGs.")]
+_Out = Annotated[Path, typer.Option("--output", "-o", help="Folder for <part>.json, <part>.md, <part>.html and PNGs.")]
 _Extractor = Annotated[Optional[Path], typer.Option("--extractor", help="Feature extractor: TorchScript file, or .safetensors with --architecture.")]
 _Arch = Annotated[Optional[str], typer.Option("--architecture", help="Network of a .safetensors extractor: resnet18.")]
 _Input = Annotated[int, typer.Option("--input-size", help="Extractor input size in pixels (299 for InceptionV3, 224 for DenseNet).")]

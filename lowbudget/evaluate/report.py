@@ -9,7 +9,7 @@ from typing import Any
 
 from lowbudget.evaluate.images import load_image
 from lowbudget.io import atomic_write_text
-from lowbudget.viz import bar_chart, histogram_chart, image_grid, save_png, to_pil
+from lowbudget.viz import bar_chart, histogram_chart, image_grid, save_png, to_pil, write_html
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
@@ -22,9 +22,12 @@ def write_report(output: str | Path, part: str, result: dict[str, Any]) -> list[
     written = [atomic_write_text(output / f"{part}.json", json.dumps(public(result), indent=2) + "\n")]
     rows = _ROWS[part](result)
     table = "| figure | value |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
-    written.append(atomic_write_text(output / f"{part}.md", f"# {part}\n\n{table}"))
-    written += _CHARTS[part](result, output)
-    return written
+    charts = _CHARTS[part](result, output)
+    figures = "".join(f"\n![{c.stem}]({c.name})\n" for c in charts)
+    markdown = f"# {part}\n\n{table}{figures}"
+    written.append(atomic_write_text(output / f"{part}.md", markdown))
+    written.append(write_html(markdown, output / f"{part}.html", title=part))  # the same, for a browser
+    return written + charts
 
 
 def _f(x: float) -> str:
