@@ -1,8 +1,8 @@
 """The command line: each bad input gives one line, exit code 1, no traceback."""
 
 import re
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 
