@@ -26,6 +26,17 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
+def time_left(elapsed: float, done: float, left: float) -> float | None:
+    """Seconds for ``left`` more units at the pace of ``done`` units in ``elapsed`` s; None before any."""
+    return elapsed / done * max(0.0, left) if done > 0 else None
+
+
+def pace(elapsed: float, done: float, left: float) -> str:
+    """'0:42 so far, about 3:10 left' (the time left once there is a pace and work to go)."""
+    seconds = time_left(elapsed, done, left)
+    return f"{clock(elapsed)} so far" + (f", about {clock(seconds)} left" if seconds is not None and left > 0 else "")
+
+
 def plural(n: int, word: str) -> str:
     """'1 step', '2 steps', '1 entry', '3 entries'."""
     if n == 1:
@@ -80,18 +91,13 @@ class Progress:
 
     def seconds_left(self) -> float | None:
         """At the pace of this run so far; None before any unit is done."""
-        paced = self.done - self.initial
-        if paced <= 0:
-            return None
-        return (time.monotonic() - self.start) / paced * max(0.0, self.total - self.done)
+        return time_left(time.monotonic() - self.start, self.done - self.initial, self.total - self.done)
 
     def status(self) -> str:
-        elapsed = time.monotonic() - self.start
-        left = self.seconds_left()
         share = f"{self.done / self.total:.0%}" if self.total else "100%"
         counted = f"{self.done:g}/{self.total:g} {self.unit}s ({share})" if self.unit else share
-        return (f"{self.what}: {counted}, {clock(elapsed)} so far"
-                + (f", about {clock(left)} left" if left is not None and self.done < self.total else ""))
+        elapsed = time.monotonic() - self.start
+        return f"{self.what}: {counted}, {pace(elapsed, self.done - self.initial, self.total - self.done)}"
 
     def close(self, finished: bool = True) -> None:
         if self._bar is not None:

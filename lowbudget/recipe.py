@@ -428,36 +428,43 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Write nested dicts (tables) and lists of dicts (arrays of tables) as TOML."""
+def dump_toml(data: dict[str, Any], prefix: str = "", notes: dict[str, str] | None = None) -> str:
+    """Write nested dicts (tables) and lists of dicts (arrays of tables) as TOML; ``notes`` (dotted
+    key -> text) become comments above their keys."""
+    notes = notes or {}
     scalars = [(k, v) for k, v in data.items() if not isinstance(v, dict) and not _is_table_list(v)]
     tables = [(k, v) for k, v in data.items() if isinstance(v, dict)]
     arrays = [(k, v) for k, v in data.items() if _is_table_list(v)]
-    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars]
+    lines = []
+    for key, value in scalars:
+        lines += [f"# {line}" for line in textwrap.wrap(notes.get(prefix + key, ""), 98)]
+        lines.append(f"{key} = {_toml_value(value)}")
     for key, items in arrays:
         for item in items:
-            lines += ["", f"[[{prefix}{key}]]", dump_toml(item, f"{prefix}{key}.").rstrip()]
+            lines += ["", f"[[{prefix}{key}]]", dump_toml(item, f"{prefix}{key}.", notes).rstrip()]
     for key, table in tables:
-        lines += ["", f"[{prefix}{key}]", dump_toml(table, f"{prefix}{key}.").rstrip()]
+        lines += ["", f"[{prefix}{key}]", dump_toml(table, f"{prefix}{key}.", notes).rstrip()]
     return "\n".join(lines).strip() + "\n"
 
 
-def explained_toml(config: Any, prefix: str = "") -> str:
+def explained_toml(config: Any) -> str:
     """A config dataclass as TOML with each key's help text above it as a comment: the resolved
     recipe that documents itself."""
-    lines, tables = [], []
+    return dump_toml(dataclasses.asdict(config), notes=_help_texts(config))
+
+
+def _help_texts(config: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> the help text of its dataclass field, through nested tables and arrays of tables."""
+    out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            tables.append((f"[{prefix}{f.name}]", value, f"{prefix}{f.name}."))
+            out |= _help_texts(value, f"{prefix}{f.name}.")
         elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
-            tables += [(f"[[{prefix}{f.name}]]", v, f"{prefix}{f.name}.") for v in value]
+            out |= _help_texts(value[0], f"{prefix}{f.name}.")
         else:
-            lines += [f"# {line}" for line in textwrap.wrap(f.metadata.get("help", ""), 98)]
-            lines.append(f"{f.name} = {_toml_value(value)}")
-    for header, table, inner in tables:
-        lines += ["", header, explained_toml(table, inner).rstrip()]
-    return "\n".join(lines).strip() + "\n"
+            out[prefix + f.name] = f.metadata.get("help", "")
+    return out
 
 
 def shipped_recipes() -> Path:

@@ -38,8 +38,6 @@ A, B = "<healthy-chest>", "<effusion>"  # the interpolation's ends
 REFERENCE = "interpolation, text states mixed linearly (reference)"
 
 
-
-
 def interpolation_check(pipe, sampling: Sampling, seeds: list[int], weights: int = 5) -> dict:
     """Per method: Spearman rho per seed and its mean, the scores, and where the finding appears.
 

@@ -35,7 +35,7 @@ from lowbudget.io import atomic_write, atomic_write_text
 from lowbudget.models.architectures import PHANTOM, build_components, save_components
 from lowbudget.models.packed import pack_base
 from lowbudget.phantoms.world import generate
-from lowbudget.progress import clock
+from lowbudget.progress import pace
 from lowbudget.training.schedule import lr_factor
 
 
@@ -126,7 +126,7 @@ def _train_vae(vae, pixels: torch.Tensor, cfg: PretrainConfig, output: Path, sta
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0:
-            log(f"vae step {step + 1}/{cfg.vae_steps} loss {loss.item():.4f} ({_pace(t0, step + 1 - start, cfg.vae_steps - step - 1)})")
+            log(f"vae step {step + 1}/{cfg.vae_steps} loss {loss.item():.4f} ({pace(time.time() - t0, step + 1 - start, cfg.vae_steps - step - 1)})")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.vae_steps:
             _save_state(output, {"phase": "vae", "step": step + 1, "model": vae.state_dict(), "optimizer": opt.state_dict()})
 
@@ -190,7 +190,7 @@ def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: li
                 for p_ema, p in zip(ema[name].parameters(), module.parameters()):
                     p_ema.lerp_(p, 1 - decay)
         if (step + 1) % 100 == 0:
-            log(f"unet step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({_pace(t0, step + 1 - start, cfg.unet_steps - step - 1)})")
+            log(f"unet step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({pace(time.time() - t0, step + 1 - start, cfg.unet_steps - step - 1)})")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.unet_steps:
             _save_state(output, {"phase": "unet", "step": step + 1, "vae": state["vae"], "optimizer": opt.state_dict(),
                                  "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
@@ -211,9 +211,3 @@ def _load_state(output: Path) -> dict:
 def _write_outputs(parts: dict, output: Path, cfg: PretrainConfig) -> Path:
     save_components(parts, output / "base")
     return pack_base(parts, output / "phantom-base.safetensors", shape="phantom", config=asdict(cfg))
-
-
-def _pace(t0: float, done: int, left: int) -> str:
-    """'0:42 so far, about 3:10 left' at this phase's pace."""
-    elapsed = time.time() - t0
-    return f"{clock(elapsed)} so far, about {clock(elapsed / max(1, done) * left)} left"

@@ -52,10 +52,10 @@ def generate(
 ) -> None:
     """Generate images; each PNG carries the parameters that regenerate it."""
     from lowbudget.io import output_folder
-    from lowbudget.progress import Progress, plural
+    from lowbudget.progress import plural
     from lowbudget.sampling.outputs import record, save_dicom, save_png, save_seed_grid
     from lowbudget.sampling.prompts import check_tokens_known
-    from lowbudget.sampling.sampler import SampleRequest, sample, unet_calls
+    from lowbudget.sampling.sampler import SampleRequest, sample_with_progress
 
     if fmt not in ("png", "dicom"):
         raise LowbudgetError(f"--format {fmt!r} is not known; expected png or dicom")
@@ -67,8 +67,7 @@ def generate(
     pipe, base_info, adapter_info = _pipeline(base, adapters, trust, require_signature)
     check_tokens_known(pipe.tokenizer.get_vocab(), [prompt, negative])  # before a folder is made
     output_folder(output, overwrite=overwrite, command="generate")
-    with Progress(unet_calls(req), "generate", enabled=not quiet) as bar:
-        images = sample(pipe, req, watch=lambda _: bar.update())  # (n, 3, H, W)
+    images = sample_with_progress(pipe, req, "generate", enabled=not quiet)  # (n, 3, H, W)
     for s, image in zip(seeds, images):
         rec = record(req, s, base_info, adapter_info)
         path = output / f"seed-{s:06d}.{'dcm' if fmt == 'dicom' else 'png'}"
@@ -163,10 +162,9 @@ def inpaint(
 ) -> None:
     """Inpaint a finding into a region of an image (any base; SD inpainting checkpoints natively)."""
     from lowbudget.io import output_file
-    from lowbudget.progress import Progress
     from lowbudget.sampling.masks import box_mask, load_input_image, png_mask
     from lowbudget.sampling.outputs import record, save_png
-    from lowbudget.sampling.sampler import Inpainting, SampleRequest, native_size, sample, unet_calls
+    from lowbudget.sampling.sampler import Inpainting, SampleRequest, native_size, sample_with_progress
 
     if (mask is None) == (box is None):
         raise LowbudgetError("give exactly one of --mask PNG or --box x0,y0,x1,y1")
@@ -177,8 +175,7 @@ def inpaint(
     region = box_mask(box, work) if box else png_mask(mask, work, shape)
     job = Inpainting(image=pixels, mask=region, feather=feather_px, strength=strength, paste_back=paste_back)
     req = SampleRequest(prompt=prompt, seeds=[seed], inpaint=job, **_sampling_options(steps, guidance, scheduler, negative, work))
-    with Progress(unet_calls(req), "inpaint", enabled=not quiet) as bar:
-        result = sample(pipe, req, watch=lambda _: bar.update())[0]  # (3, H, W)
+    result = sample_with_progress(pipe, req, "inpaint", enabled=not quiet)[0]  # (3, H, W)
     rec = record(req, seed, base_info, adapter_info, inpaint={"image": image.name, "box": box, "feather": feather_px,
                                                                 "strength": strength, "paste_back": paste_back})
     save_png(result, output, rec)

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from lowbudget import checks, stats
 from lowbudget.evaluate.images import LabelledImages, load_image
-from lowbudget.progress import track
 from lowbudget.evaluate.networks import ResNet18
+from lowbudget.progress import track
 
 
 @dataclass

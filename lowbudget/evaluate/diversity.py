@@ -26,8 +26,8 @@ from PIL import Image
 
 from lowbudget import checks
 from lowbudget.errors import DataError, quote
-from lowbudget.progress import track
 from lowbudget.evaluate.images import list_images, load_image
+from lowbudget.progress import track
 
 BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 KERNEL, SIGMA, GROUP = 11, 1.5, 4

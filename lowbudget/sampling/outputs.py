@@ -86,8 +86,8 @@ def save_seed_grid(images: torch.Tensor, seeds: list[int], title: str, path: str
     return save_grid(rows, [], path, cell_labels=labels, title=title)
 
 
-def save_grid(images: torch.Tensor | list[torch.Tensor], row_labels: list[str], path: str | Path, *, column_labels: list[str] = (),
-              cell_labels: list[list[str]] = (), title: str = "") -> Path:
+def save_grid(images: torch.Tensor | list[torch.Tensor], row_labels: list[str], path: str | Path, *,
+              column_labels: list[str] = (), cell_labels: list[list[str]] = (), title: str = "") -> Path:
     """(rows, columns, 3, H, W), or rows of (columns, 3, H, W) of different lengths -> one
     labelled PNG (see :func:`lowbudget.viz.image_grid`)."""
     rows = [[to_pil(img) for img in row] for row in images]

@@ -22,6 +22,7 @@ import torch
 from lowbudget import checks
 from lowbudget.errors import LowbudgetError
 from lowbudget.models.base import vae_scale_factor
+from lowbudget.progress import Progress
 from lowbudget.sampling.masks import feather, paste_back, to_latent_grid
 from lowbudget.sampling.prompts import SubPrompt, encode_texts, parse_prompt
 from lowbudget.sampling.schedulers import make_scheduler
@@ -88,10 +89,19 @@ Watch = Callable[[Step], None]
 def unet_calls(req: SampleRequest) -> int:
     """How many sampling steps ``sample(pipe, req)`` runs (one U-Net call each): what a progress
     bar counts. A partial-strength inpainting starts part-way."""
-    steps = req.steps
-    if req.inpaint is not None and req.inpaint.strength < 1.0:
-        steps = max(1, round(req.inpaint.strength * steps))
+    steps = _kept_steps(req.inpaint, req.steps) if req.inpaint is not None else req.steps
     return -(-len(req.seeds) // req.batch_size) * steps
+
+
+def _kept_steps(inp: Inpainting, steps: int) -> int:
+    """The last steps of ``steps`` that an inpainting of ``inp.strength`` < 1 runs (all at 1)."""
+    return steps if inp.strength >= 1.0 else max(1, round(inp.strength * steps))
+
+
+def sample_with_progress(pipe, req: SampleRequest, what: str, *, enabled: bool = True) -> torch.Tensor:
+    """:func:`sample`, showing its steps done and the time left under the name ``what``."""
+    with Progress(unet_calls(req), what, enabled=enabled) as bar:
+        return sample(pipe, req, watch=lambda _: bar.update())
 
 
 def native_size(pipe) -> int:
@@ -148,7 +158,7 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
     shape = (4, latent, latent)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
     if known is not None and req.inpaint.strength < 1.0:  # start part-way, from the noised original
-        start = len(timesteps) - max(1, round(req.inpaint.strength * len(timesteps)))
+        start = len(timesteps) - _kept_steps(req.inpaint, len(timesteps))
         timesteps = timesteps[start:]
         latents = scheduler.add_noise(known.latents.expand(b, -1, -1, -1), noise, timesteps[:1])
     else:

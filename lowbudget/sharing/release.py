@@ -30,9 +30,8 @@ from lowbudget.evaluate.memorisation import memorisation
 from lowbudget.evaluate.report import write_report
 from lowbudget.io import output_folder
 from lowbudget.models.base import BaseModel
-from lowbudget.progress import Progress
 from lowbudget.sampling.outputs import record, save_png
-from lowbudget.sampling.sampler import SampleRequest, sample, unet_calls
+from lowbudget.sampling.sampler import SampleRequest, sample_with_progress
 from lowbudget.adapters.signing import sign_file
 
 MIN_TRAINING = 8  # measured: 8 phantoms tell a copying LoRA from a fresh one; 2 do not
@@ -71,8 +70,7 @@ def share(adapter: str | Path, training: str | Path, key: str | Path, output: st
     log(f"release check: {check.samples} samples of {text!r}, audited against '{training}'")
     with tempfile.TemporaryDirectory(prefix="lowbudget-share-") as tmp:
         request = SampleRequest(prompt=text, seeds=list(range(check.seed, check.seed + check.samples)), steps=check.steps)
-        with Progress(unet_calls(request), "release check: sampling", enabled=progress) as bar:
-            images = sample(pipe, request, watch=lambda _: bar.update())  # (n, 3, H, W)
+        images = sample_with_progress(pipe, request, "release check: sampling", enabled=progress)  # (n, 3, H, W)
         for seed, image in zip(request.seeds, images):
             save_png(image, Path(tmp) / f"sample-{seed:06d}.png", record(request, seed, {"name": base.name}, []))
         result = memorisation(tmp, training, percentile=check.percentile)

@@ -82,7 +82,7 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
         log(f"the run stopped early at step {run.start_step}: {run.stopper.reason}")
     last = run.start_step if run.stopper.reason else optim.max_steps
     done = run.start_step
-    bar = Progress(optim.max_steps, "train", enabled=progress and accelerator.is_main_process, initial=run.start_step)
+    bar = Progress(optim.max_steps, "train", enabled=progress, initial=run.start_step)  # train(): the main process only
     for step in range(run.start_step, last):
         t_step = time.perf_counter()
         # Every process draws the random numbers of the whole global batch from the step's one
@@ -288,7 +288,6 @@ class _DataOrder:
 
     def images(self, samples: range) -> torch.Tensor:  # -> (len(samples),) image indices
         return torch.stack([self._perm(k // self.n)[k % self.n] for k in samples])
-
 
 
 def _final_grid(recipe: Recipe, run: Run, done: int) -> bool:

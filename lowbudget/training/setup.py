@@ -10,7 +10,6 @@ the checkpoint to resume from. It hands the loop a :class:`Run`.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Callable
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env
 
 from lowbudget.adapters.lora import attach_lora, lora_parameters
 from lowbudget.adapters.textual_inversion import TokenBank, attach_tokens
@@ -272,7 +271,7 @@ def _on_cpu() -> bool:
     and treats several CPU processes (torchrun, mpirun) as one group only when told it is on
     CPU: without this, each of two CPU processes would call itself the only one, and both
     would write the adapter files."""
-    return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")  # accelerate's own reading
 
 
 # A resumed run must draw what the unbroken run would have drawn: these may not change.
