@@ -83,11 +83,11 @@ endef
 
 # The newest releases pyproject.toml's ranges allow.
 test-latest:
-	$(call throwaway-suite,$(LATEST_VENV),$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -e ".[test]")
+	$(call throwaway-suite,$(LATEST_VENV),$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -e ".[test,federate]")
 
 # The oldest releases the ranges allow for lowbudget's own dependencies (uv's lowest-direct resolution).
 test-oldest:
-	$(call throwaway-suite,$(OLDEST_VENV),$(OLDEST_VENV)/bin/pip install --quiet uv==$(UV_VERSION) && $(OLDEST_VENV)/bin/uv pip install --quiet -p $(OLDEST_VENV)/bin/python --resolution lowest-direct -c $(OLDEST_VENV)/torch-pin.txt -e ".[test]")
+	$(call throwaway-suite,$(OLDEST_VENV),$(OLDEST_VENV)/bin/pip install --quiet uv==$(UV_VERSION) && $(OLDEST_VENV)/bin/uv pip install --quiet -p $(OLDEST_VENV)/bin/python --resolution lowest-direct -c $(OLDEST_VENV)/torch-pin.txt -e ".[test,federate]")
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,6 +14,7 @@ in this list (checked by ``tests/test_architecture.py``):
 - ``sampling``    the one sampling loop: generate, compose, inpaint
 - ``training``    the one training loop, checkpoints, latent cache, feedback
 - ``sharing``     the adapter library, the release check, libraries over HTTP
+- ``federation``  sites training one adapter together over Flower (the ``federate`` extra)
 - ``bench``       the proving ground: fidelity, the benchmark, compose checks, the demo
                   report, pretraining the embedded base
 - ``cli``         the Typer command line (the only package that imports Typer)

@@ -39,6 +39,10 @@ class TrainingError(LowbudgetError):
     """Training cannot continue (non-finite loss, missing checkpoint, ...)."""
 
 
+class FederationError(LowbudgetError):
+    """A federation cannot start or go on (a site's recipe or base differs from the server's, a bad setting)."""
+
+
 class OutputError(LowbudgetError):
     """An output path is unusable, a write failed, or it would replace what lowbudget did not write."""
 

@@ -17,6 +17,7 @@ LAYERS = [
     {"adapters", "evaluate", "phantoms"},
     {"sampling"},
     {"training", "sharing"},
+    {"federation"},
     {"bench", "doctor"},
     {"cli"},
     {"__main__", "__init__"},  # the entry points: `python -m lowbudget`, `import lowbudget`

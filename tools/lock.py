@@ -5,7 +5,7 @@
 
 ``make`` keeps every version already in the lock that still fits pyproject.toml (so adding a
 dependency adds it and what it needs, and moves nothing else); ``--upgrade`` takes the newest
-releases inside the ranges instead. It resolves pyproject.toml (with the ``test`` extra and the build backend) for every
+releases inside the ranges instead. It resolves pyproject.toml (with the ``test`` and ``federate`` extras and the build backend) for every
 platform and Python >= 3.11 with uv, pins every package, direct and transitive, with its sha256
 hashes, and leaves torch out: the torch build depends on the machine (the CPU wheel here, a CUDA
 build on a GPU machine), so the Makefile installs ``torch==<version>`` itself. torch's own
@@ -41,6 +41,7 @@ def _compile(uv: str, torch: str, extra: list[str], output: Path, upgrade: bool)
         inputs = Path(tmp, "build.in")
         inputs.write_text(f"{BUILD_BACKEND}\n")
         cmd = [uv, "pip", "compile", str(ROOT / "pyproject.toml"), str(inputs), "--extra", "test",
+               "--extra", "federate",
                "--universal", "--python-version", "3.11", "--constraint", str(pins), "--quiet",
                "--custom-compile-command", "make lock", "--output-file", str(output), *extra,
                *(["--upgrade"] if upgrade else [])]

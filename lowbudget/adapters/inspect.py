@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbudget.adapters.compat import check_embedding, check_lora, fingerprint_warnings
-from lowbudget.adapters.own_files import AUDIT, read_header
+from lowbudget.adapters.own_files import AUDIT, FEDERATION, read_header
 from lowbudget.adapters.foreign_layouts import embedding_problems, lora_problems, read_embedding, read_lora, triggers
 from lowbudget.adapters.load import is_lora_file
 from lowbudget.errors import AdapterError, SignatureError
@@ -38,9 +38,10 @@ def describe(path: str | Path, base: Any = None, trust: str | Path | None = None
     else:
         report |= _describe_embedding(path, base)
     report["signature"] = _signature(path, trust)
-    audit = read_header(path).get(AUDIT) if path.suffix == ".safetensors" else None
-    if audit:
-        report["audit"] = json.loads(audit)
+    header = read_header(path) if path.suffix == ".safetensors" else {}
+    for key, entry in (("audit", AUDIT), ("federation", FEDERATION)):
+        if header.get(entry):
+            report[key] = json.loads(header[entry])
     return report
 
 
@@ -141,6 +142,8 @@ def format_report(report: dict[str, Any]) -> str:
         a = report["audit"]
         lines.append(f"  release check     {a['flagged_fraction']:.1%} of {a['samples']} samples flagged as near-copies "
                      f"(threshold {a['threshold']:.0%}, {a['n_training']} training images), {a['date']}")
+    if "federation" in report:
+        lines.append(f"  federated         {_federation_line(report['federation'])}")
     for problem in report.get("problems", []):
         lines.append(f"  UNUSABLE          {problem}")
     if "fits_base" in report:
@@ -148,6 +151,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("  fits base         " + ("yes" if fit["ok"] else f"NO: {fit['reason']}"))
         lines += [f"  warning           {w}" for w in fit.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _federation_line(f: dict[str, Any]) -> str:
+    sites = ", ".join(f"{s['site']} {s['images']} images" for s in f["sites"])
+    return (f"{len(f['sites'])} sites ({sites}), {f['rounds']} rounds x {f['local_steps']} local steps, "
+            f"{f['aggregation']}")
 
 
 def _signature_line(sig: dict[str, Any]) -> str:

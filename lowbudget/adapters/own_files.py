@@ -30,6 +30,7 @@ FORMAT_VERSION = "1"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 TRAINING = "lowbudget_training"  # header entry: how training ended (see Provenance.training), JSON
+FEDERATION = "lowbudget_federation"  # header entry: the sites, rounds and aggregation of a federated run, JSON
 AUDIT = "lowbudget_audit"  # header entry written by the release check (`lowbudget share`): its figures, JSON
 
 
@@ -46,9 +47,11 @@ class Provenance:
     description: str = ""
     license: str = ""
     training: dict[str, Any] | None = None  # how training ended: steps run, stopping rule and reason, losses
+    federation: dict[str, Any] | None = None  # a federated run: sites (labels, images), rounds, local steps, aggregation
 
     def header(self, kind: str) -> dict[str, str]:
-        extra = {TRAINING: json.dumps(self.training, sort_keys=True)} if self.training else {}
+        extra = {key: json.dumps(value, sort_keys=True) for key, value in ((TRAINING, self.training),
+                                                                           (FEDERATION, self.federation)) if value}
         return extra | {
             "format": "pt",
             "lowbudget_format": f"{kind}/{FORMAT_VERSION}",

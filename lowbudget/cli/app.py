@@ -10,12 +10,17 @@ from typing import Annotated
 
 import typer
 
-from lowbudget.cli import environment, evaluation, phantom_world, sampling, sharing, training
+from lowbudget.cli import environment, evaluation, federation, phantom_world, sampling, sharing, training
 from lowbudget.errors import LowbudgetError, one_line, os_error
 
 # transformers logs at import time (image processors without torchvision) and every command
 # imports it: its warnings mean nothing to our users. TRANSFORMERS_VERBOSITY=info shows them.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Click's plain help layout on every typer release: typer < 0.21 (what Flower, the `federate`
+# extra, allows) prints '[default: 0]' as '\\[default: 0]' in plain help whenever rich is
+# installed (typer issue #1058), and rich comes with Flower. Typer reads this flag where it
+# formats help and errors.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     name="lowbudget",
@@ -33,6 +38,7 @@ app.add_typer(sampling.commands)        # generate, compose, inpaint
 app.add_typer(sharing.commands)         # sign, verify, share
 app.add_typer(sharing.library_app, name="library")
 app.add_typer(sharing.keys_app, name="keys")
+app.add_typer(federation.federate_app, name="federate")
 app.add_typer(evaluation.evaluate_app, name="evaluate")
 app.add_typer(phantom_world.phantom_app, name="phantom")
 app.add_typer(phantom_world.aliases)    # the phantom commands' old top-level names, hidden

@@ -67,23 +67,43 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
     out = Path(recipe.output.dir).expanduser()
     resume = claim_output(out, resume, overwrite, log)
     run = set_up(recipe, out, resume, log)  # data, frozen base, adapters, latents, optimiser, checkpoint
-    optim, accelerator, optimizer = recipe.optim, run.accelerator, run.optimizer
-    device = accelerator.device
-    n_train_timesteps = run.scheduler.config.num_train_timesteps
+    optim, accelerator = recipe.optim, run.accelerator
     if accelerator.is_main_process:
         atomic_write_text(out / "recipe.toml", recipe.to_toml())
 
     # --- the loop
-    losses = run.losses
-    order = _DataOrder(run.n_images, optim.seed, optim.batch_size, accelerator.num_processes)
-    step_times: list[float] = []
     startup = time.perf_counter() - t_start
     if run.stopper.reason:  # resumed after it had stopped early: nothing left to train
         log(f"the run stopped early at step {run.start_step}: {run.stopper.reason}")
     last = run.start_step if run.stopper.reason else optim.max_steps
-    done = run.start_step
     bar = Progress(optim.max_steps, "train", enabled=progress, initial=run.start_step)  # train(): the main process only
-    for step in range(run.start_step, last):
+    done = run_steps(run, recipe, range(run.start_step, last), bar=bar, out=out, log=log)
+    bar.doing("writing the adapter files" + (" and the final validation grid" if _final_grid(recipe, run, done) else ""))
+    written = _finish(run, recipe, out, done, log) if accelerator.is_main_process else []
+    bar.close()
+    accelerator.wait_for_everyone()
+    median = sorted(run.step_seconds)[len(run.step_seconds) // 2] if run.step_seconds else float("nan")
+    return TrainResult(out, written, done, run.losses, median, startup, stopped=run.stopper.reason,
+                       written_step=_written(run, done)[1], evaluations=run.evaluations,
+                       main_process=accelerator.is_main_process)
+
+
+def run_steps(run: Run, recipe: Recipe, steps: range, *, bar: Progress, out: Path,
+              log: Callable[[str], None] = print) -> int:
+    """Train ``steps`` (global step numbers) on ``run``; return the number of steps done.
+
+    The one loop of every run: ``train`` calls it once for the whole budget, a federated site
+    once per round for its local steps. Step ``k`` draws from the generator of ``(seed, k)``
+    and takes the learning rate of step ``k`` of ``optim.max_steps``, whoever calls.
+    Validation, stopping and checkpoints fall due at their steps, on the main process; the
+    checkpoint and grids go to ``out``.
+    """
+    optim, accelerator, optimizer = recipe.optim, run.accelerator, run.optimizer
+    device = accelerator.device
+    n_train_timesteps = run.scheduler.config.num_train_timesteps
+    order = _DataOrder(run.n_images, optim.seed, optim.batch_size, accelerator.num_processes)
+    done = steps.start
+    for step in steps:
         t_step = time.perf_counter()
         # Every process draws the random numbers of the whole global batch from the step's one
         # generator and keeps its own share: N processes train exactly what one process with N
@@ -131,8 +151,8 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
             raise TrainingError(f"adapter weights became non-finite at step {step + 1}; lower the learning rate")
         if run.ema is not None:
             run.ema.update(run.trainable)
-        losses.append(step_loss)
-        step_times.append(time.perf_counter() - t_step)
+        run.losses.append(step_loss)
+        run.step_seconds.append(time.perf_counter() - t_step)
         bar.update(1, loss=f"{step_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
 
         done = step + 1
@@ -148,19 +168,11 @@ def _train(recipe: Recipe, *, resume: bool, overwrite: bool, progress: bool, log
                 bar.doing("")
             if recipe.output.checkpoint_every and done % recipe.output.checkpoint_every == 0 and done < optim.max_steps:
                 checkpoint.save_checkpoint(out, step=done, trainable=run.trainable, optimizer=optimizer,
-                                           losses=losses, recipe=recipe.to_dict(), extra=run.extra_state())
+                                           losses=run.losses, recipe=recipe.to_dict(), extra=run.extra_state())
         if stop:
             log(f"stopped at step {done} of {optim.max_steps}: {run.stopper.reason}")
             break
-
-    bar.doing("writing the adapter files" + (" and the final validation grid" if _final_grid(recipe, run, done) else ""))
-    written = _finish(run, recipe, out, done, log) if accelerator.is_main_process else []
-    bar.close()
-    accelerator.wait_for_everyone()
-    median = sorted(step_times)[len(step_times) // 2] if step_times else float("nan")
-    return TrainResult(out, written, done, losses, median, startup, stopped=run.stopper.reason,
-                       written_step=_written(run, done)[1], evaluations=run.evaluations,
-                       main_process=accelerator.is_main_process)
+    return done
 
 
 def _evaluate(run: Run, recipe: Recipe, step: int) -> bool:
@@ -206,7 +218,7 @@ def _finish(run: Run, recipe: Recipe, out: Path, done: int, log: Callable[[str],
         license=recipe.output.license, training=_training_record(run, recipe, done, step),
     )
     with swapped_in(run.trainable, tensors):  # the adapter files read the live modules
-        written = _write_adapters(out, run.base, run.bank, recipe, provenance)
+        written = write_adapters(out, run.base, run.bank, recipe, provenance)
         if _final_grid(recipe, run, done):
             with run.accelerator.autocast():
                 written.append(_validate(run.base, run.bank, recipe, out / "samples" / "final.png"))
@@ -308,7 +320,7 @@ def _validate(base: BaseModel, bank: TokenBank | None, recipe: Recipe, path: Pat
                            steps=out.validation_inference_steps, guidance=out.validation_guidance, path=path)
 
 
-def _write_adapters(out: Path, base: BaseModel, bank: TokenBank | None, recipe: Recipe,
+def write_adapters(out: Path, base: BaseModel, bank: TokenBank | None, recipe: Recipe,
                     provenance: own_files.Provenance) -> list[Path]:
     written = []
     dtype = recipe.output.save_dtype

@@ -30,7 +30,7 @@ from lowbudget.models import BaseModel, load_base
 from lowbudget.models.embedded import cache_dir
 from lowbudget.phantoms.source import phantom_image_set
 from lowbudget.progress import plural
-from lowbudget.recipe import DataConfig, Recipe
+from lowbudget.recipe import DataConfig, MethodConfig, Recipe
 from lowbudget.training import checkpoint
 from lowbudget.training.conditioning import Captioner, TextConditioner
 from lowbudget.training.latents import LatentSet, encode_images
@@ -65,6 +65,7 @@ class Run:
     ema: Ema | None = None  # optim.ema_decay
     start_step: int = 0
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # the wall time of each step this process ran
     evaluations: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: {"validation": [], "dvar": []})
 
     def extra_state(self) -> dict[str, Any]:
@@ -84,12 +85,9 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
 
     accelerator = _accelerator(recipe)
     weight_dtype = DTYPES[recipe.model.precision]
-    base = _frozen_base(recipe, accelerator.device, weight_dtype)
+    base = frozen_base(recipe, accelerator.device, weight_dtype)
     fingerprint = base.fingerprint  # before attach_tokens grows the vocabulary
-    bank = attach_tokens(base, method.tokens) if method.trains_tokens else None
-    lora = attach_lora(base, method.lora) if method.trains_lora else []
-    trainable = {"tokens": bank.parameter} if bank is not None else {}
-    trainable.update(dict(lora_parameters(base)))
+    bank, lora, trainable = attach_adapters(base, method)
     text_trains = bank is not None or (method.trains_lora and method.lora.text_encoder)
     if recipe.model.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
@@ -131,6 +129,17 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     if resume:
         _restore(run, recipe, out, log)
     return run
+
+
+def attach_adapters(base: BaseModel, method: MethodConfig) -> tuple[TokenBank | None, list[torch.nn.Parameter],
+                                                                      dict[str, torch.nn.Parameter]]:
+    """The method's tokens and LoRA on ``base``: (token bank, LoRA parameters, every trainable
+    tensor by name). A federation's server calls it too, for the tensors its sites start from."""
+    bank = attach_tokens(base, method.tokens) if method.trains_tokens else None
+    lora = attach_lora(base, method.lora) if method.trains_lora else []
+    trainable = {"tokens": bank.parameter} if bank is not None else {}
+    trainable.update(dict(lora_parameters(base)))
+    return bank, lora, trainable
 
 
 # Fixed (noise, timestep) draws per image of the deterministic losses: enough to average the
@@ -178,7 +187,7 @@ def _dvar_loss(latents: LatentSet, captioner: Captioner, recipe: Recipe, schedul
                      min_timestep=recipe.optim.min_timestep)
 
 
-def _frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype) -> BaseModel:
+def frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype) -> BaseModel:
     base = load_base(recipe.model.base, prediction_type=recipe.model.prediction_type,
                      expected_family=recipe.model.family)
     for part in ("unet", "text_encoder", "vae"):  # by name: no loop variable keeps a module alive
