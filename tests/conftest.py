@@ -15,6 +15,7 @@ import pytest
 
 os.environ["LOWBUDGET_CACHE"] = tempfile.mkdtemp(prefix="lowbudget-test-cache-")
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before any test module imports flwr (lowbudget.federation sets it too)
 
 
 

@@ -120,3 +120,21 @@ def test_the_convergence_section_sets_steps_to_fidelity_against_early_stopping(t
     assert record["dvar"]["written_step"] <= 20 and record["validation"]["written_step"] <= 20
     assert set(results["claim"]) == {"dvar", "validation"}
     assert "| effusion |" in report and "dvar: step written" in report
+
+
+@pytest.mark.slow
+def test_the_federated_section_compares_sites_alone_pooled_and_federated(tmp_path):
+    """The section's machinery at toy size (2 sites, 2 steps): its figures are only plumbing here."""
+    from lowbudget.bench.benchmark import BenchmarkConfig, run_benchmark
+    from lowbudget.bench.federated import FederatedConfig
+
+    cfg = BenchmarkConfig(findings=("lesion",), sampling=Sampling(steps=2, batch_size=4),
+                          federated=FederatedConfig(sites=("bright", "soft"), per_site=4, steps=2, rounds=2, seeds=(0,),
+                                                    n_eval=2))
+    report = run_benchmark(tmp_path, cfg, sections=("federated",), log=lambda s: None).read_text()
+    rates = json.loads((tmp_path / "results.json").read_text())["federated"]["rates"]
+    assert set(rates) == {"bright alone", "soft alone", "pooled", "federated"}
+    assert all(len(v) == 1 and 0.0 <= v[0] <= 1.0 for v in rates.values())
+    assert "| mean of the sites alone |" in report and "federated >= pooled - 0.05:" in report
+    fed = tmp_path / "federated" / "federated-0" / "lesion.safetensors"
+    assert fed.is_file() and (tmp_path / "federated" / "data" / "pooled" / "bright-prostate-0000.png").is_file()

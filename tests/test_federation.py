@@ -211,3 +211,59 @@ def test_a_resumed_federation_ends_where_the_unbroken_one_ends(tiny_base, mixed_
         record = json.loads(f.metadata()["lowbudget_federation"])
     assert record["rounds"] == 3 and [(s["site"], s["images"], s["rounds"]) for s in record["sites"]] in (
         [("site 1", 8, 3), ("site 2", 6, 3)], [("site 2", 6, 3), ("site 1", 8, 3)])
+
+
+def _certificates(folder) -> dict[str, str]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files), as a site's IT would issue."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "server")}
+
+    def cert(name: str, issuer: str, **extensions):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(keys[name].public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+        for extension, critical in extensions.values():
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(keys[issuer], hashes.SHA256())
+
+    files = {"ca": cert("ca", "ca", basic=(x509.BasicConstraints(ca=True, path_length=None), True)),
+             "cert": cert("server", "ca", san=(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                             False))}
+    out = {}
+    for name, c in files.items():
+        out[name] = str(folder / f"{name}.pem")
+        (folder / f"{name}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    out["key"] = str(folder / "key.pem")
+    (folder / "key.pem").write_bytes(keys["server"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                  serialization.NoEncryption()))
+    return out
+
+
+def test_a_federation_over_tls(tiny_base, mixed_folder, tmp_path):
+    pem = _certificates(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    common = ["recipes/phantom/chest-ti.toml", "--base", tiny_base, "--set", "data.resolution=32", "--set", "optim.batch_size=2"]
+    server = _lowbudget("server", *common, "--rounds", 1, "--local-steps", 1, "--address", address, "--output", tmp_path / "fed",
+                        "--tls-ca", pem["ca"], "--tls-cert", pem["cert"], "--tls-key", pem["key"])
+    plain = _lowbudget("site", *common, "--data", mixed_folder, "--server", address, "-q")  # no --tls-ca: refused
+    sites = [_lowbudget("site", *common, "--data", mixed_folder, "--server", address, "--tls-ca", pem["ca"], "-q")
+             for _ in range(2)]
+    try:
+        refused = plain.communicate(timeout=TIMEOUT)[0]
+        out = server.communicate(timeout=TIMEOUT)[0]
+        [s.communicate(timeout=60) for s in sites]
+    finally:
+        for p in (server, plain, *sites):
+            p.kill()
+    assert server.returncode == 0 and "TLS" in out and "round 1 of 1: aggregated 2 sites" in out, out[-3000:]
+    assert [s.returncode for s in sites] == [0, 0]
+    assert plain.returncode == 1 and "if the server uses TLS give --tls-ca" in refused, refused[-2000:]

@@ -141,3 +141,20 @@ def test_the_embedded_base_is_the_shipped_phantom_base():
     base = load_base("")
     assert base.unet.config.sample_size == 16 and len(base.vae.config.block_out_channels) == 3
     assert base.tokenizer("a frontal chest x-ray").input_ids[:4] == [49406, 320, 35794, 10563]  # real CLIP BPE ids
+
+
+def test_a_scanner_changes_how_phantoms_look_not_what_they_show():
+    from lowbudget.phantoms.scanners import SCANNERS, parse_scanner
+
+    reference = generate("prostate", "lesion", n=24, seed=3)
+    images = {"reference": np.stack([p.image for p in reference])}
+    for name in ("bright", "dim", "noisy", "soft"):
+        shown = generate("prostate", "lesion", n=24, seed=3, scanner=SCANNERS[name])
+        assert [p.labels for p in shown] == [p.labels for p in reference]  # the same anatomy and findings
+        images[name] = np.stack([p.image for p in shown])
+        assert detectors.flagged("prostate", "lesion", images[name]).mean() == 1.0  # every style still shows it
+    assert images["bright"].mean() > images["reference"].mean() > images["dim"].mean()
+    assert np.abs(np.diff(images["noisy"], axis=-1)).mean() > 1.4 * np.abs(np.diff(images["reference"], axis=-1)).mean()
+    assert np.abs(np.diff(images["soft"], axis=-1)).mean() < np.abs(np.diff(images["reference"], axis=-1)).mean()
+    assert parse_scanner("exposure=1.1,noise=0.02") == parse_scanner("exposure=1.1,noise=0.02")
+    assert parse_scanner("exposure=1.1,noise=0.02").noise == 0.02

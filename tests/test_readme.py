@@ -21,6 +21,9 @@ SHORT_SAMPLING = ["--steps", "3"]
 SHORT_REPORT = ["--steps", "3", "-n", "4"]
 SHORT_BENCHMARK = ["--sections", "detectors"]  # the quick benchmark has its own test (test_benchmark.py)
 SHORT_SHARE = ["--samples", "8", "--steps", "2"]
+SHORT_FEDERATION = ["--set", "data.resolution=32", "--set", "optim.batch_size=2"]
+SHORT_ROUNDS = ["--rounds", "2", "--local-steps", "1"]
+TOGETHER = ("federate server", "federate site")  # they run at once, as processes: test_readme_federation_runs
 SHORT_PRETRAINING = [f"--set={k}={v}" for k, v in
                      dict(n_images=12, vae_steps=1, unet_steps=1, vae_batch=4, unet_batch=4, warmup=1).items()]
 # the README's example box is in pixels of a 512-px SD image; the small model works at 32 px
@@ -59,7 +62,9 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
     (work / "recipes").symlink_to(ROOT / "recipes")
     (work / "embeddings").symlink_to(ROOT / "embeddings")
     monkeypatch.chdir(work)
-    return {"/models/sd15": str(base), "sd15=/models/sd15": f"sd15={base}", "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
+    write_chest_phantoms(tmp_path / "site-b", n=6, size=48, seed=7)
+    return {"/data/site-a": str(mixed_folder), "/data/site-b": str(tmp_path / "site-b"),
+            "/models/sd15": str(base), "sd15=/models/sd15": f"sd15={base}", "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
             "/data/cxr-by-class": str(tmp_path / "cxr-by-class"), "/data/synthetic-by-class": str(tmp_path / "synthetic-by-class")}
 
 
@@ -68,7 +73,8 @@ def test_readme_has_the_commands_we_promise():
     for verb in ("train", "inspect", "convert", "check-recipe", "phantom images", "make-base", "library add", "library verify",
                  "generate", "compose", "inpaint", "phantom report", "phantom benchmark", "phantom pretrain-base",
                  "evaluate diversity", "evaluate realism", "evaluate memorisation", "evaluate classifier", "doctor",
-                 "keys new", "sign", "verify", "share", "library publish", "library pull", "preview", "recipes"):
+                 "keys new", "sign", "verify", "share", "library publish", "library pull", "preview", "recipes",
+                 "federate server", "federate site", "federate simulate"):
         assert f"lowbudget {verb}" in commands
     assert "make demo" in README and "make test" in README
 
@@ -76,6 +82,10 @@ def test_readme_has_the_commands_we_promise():
 def test_every_readme_command_runs(user_site, monkeypatch, capsys):
     for line in readme_commands():
         args = [SCALED.get(a, user_site.get(a, a)) for a in shlex.split(line, comments=True)[1:]]
+        if " ".join(args[:2]) in TOGETHER:
+            continue
+        if args[:2] == ["federate", "simulate"]:
+            args += SHORT_FEDERATION + SHORT_ROUNDS
         if args[0] == "train":
             args += SHORT_TRAINING
         if args[0] in ("generate", "compose", "inpaint"):
@@ -87,6 +97,32 @@ def test_every_readme_command_runs(user_site, monkeypatch, capsys):
                  "share": SHORT_SHARE}.get(verb, [])
         code, out, err = run(monkeypatch, capsys, *args)
         assert code == 0, f"{line}\n{err}"
+
+
+def test_readme_federation_runs(user_site):
+    """The README's server and site commands, at once, each a process, on a free loopback port."""
+    import os
+    import subprocess
+    import sys
+
+    from lowbudget.federation.simulate import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    lines = [line for line in readme_commands() if line.startswith(tuple(f"lowbudget {t}" for t in TOGETHER))]
+    assert [line.split()[2] for line in lines] == ["server", "site", "site"]
+    processes = []
+    for line in lines:
+        args = [user_site.get(a, a).replace("127.0.0.1:8080", address) for a in shlex.split(line, comments=True)[1:]]
+        args += SHORT_FEDERATION + (SHORT_ROUNDS if args[1] == "server" else ["-q"])
+        processes.append(subprocess.Popen([sys.executable, "-m", "lowbudget", *args], stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert [p.returncode for p in processes] == [0, 0, 0], outputs
+    assert "round 2 of 2: aggregated 2 sites" in outputs[0] and "wrote runs/federated/prostate-mri.safetensors" in outputs[0]
 
 
 def test_every_readme_python_snippet_runs(user_site, monkeypatch, capsys):

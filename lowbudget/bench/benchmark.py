@@ -10,6 +10,7 @@ Sections (each timed, each a markdown table in ``results.md`` and a key in ``res
   diversity   within-prompt MS-SSIM (4 images, 6 pairs) of generated vs real phantoms
   methods     TI vs LoRA vs TI+LoRA on the same data and steps
   compose     interpolation monotonicity, combination and inpainting rates (lowbudget.bench.compose_check)
+  federated   each site alone vs pooled images vs a federation of the sites (lowbudget.bench.federated)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from lowbudget.bench.compose_check import compose_checks
 from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
+from lowbudget.bench.federated import FederatedConfig, federated
 from lowbudget.bench.tables import markdown_table, save_pngs, save_strip
 from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
                                       modality_of, open_with, prompts, recognised_rate, train_finding,
@@ -38,11 +40,12 @@ from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.progress import Progress
 from lowbudget.viz import write_html
 
-SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose", "convergence")
+SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose", "convergence",
+            "federated")
 # Seconds each section took in the full run of benchmarks/PHANTOM_RESULTS.md (2 CPU cores): the
 # weights of the progress display, whose time left is this share of work at this run's pace.
 MEASURED_SECONDS = {"detectors": 8, "base": 54, "fidelity": 182, "sweep": 578, "downstream": 507, "diversity": 11,
-                    "methods": 189, "compose": 120, "convergence": 5920}
+                    "methods": 189, "compose": 120, "convergence": 5920, "federated": 1200}
 
 
 @dataclass
@@ -63,6 +66,7 @@ class BenchmarkConfig:
     diversity_groups: int = 8
     compose_seeds: int = 8
     convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
     quick_mode: bool = False
 
     def __post_init__(self) -> None:
@@ -271,9 +275,13 @@ def _convergence(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], di
     return markdown_table(header, rows) + [""] + notes, data
 
 
+def _federated(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
+    return federated(cfg.federated, output / "federated", cfg.sampling, log)
+
+
 _RUNNERS = {"detectors": _detectors, "base": _base, "fidelity": _fidelity, "sweep": _sweep,
             "downstream": _downstream, "diversity": _diversity, "methods": _methods, "compose": _compose,
-            "convergence": _convergence}
+            "convergence": _convergence, "federated": _federated}
 
 
 def _write_class_folders(folder: Path, modality: str, finding: str, per_class: int, seed: int) -> Path:

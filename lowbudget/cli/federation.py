@@ -20,7 +20,8 @@ Rounds = Annotated[int, typer.Option("--rounds", help="Rounds to aggregate.")]
 LocalSteps = Annotated[int, typer.Option("--local-steps", help="Training steps each site runs per round.")]
 MinSites = Annotated[int, typer.Option("--min-sites", help="Sites a round needs; fewer usable updates keep the "
                                                             "global tensors.")]
-WaitFor = Annotated[int, typer.Option("--wait-for", help="Sites the first round waits for (default: --min-sites).")]
+WaitFor = Annotated[int, typer.Option("--wait-for", show_default=False,
+                                      help="Sites the first round waits for (default: --min-sites).")]
 Aggregation = Annotated[str, typer.Option("--aggregation", help="fedavg (weighted by image count) | fedadam.")]
 ServerLr = Annotated[float, typer.Option("--server-lr", help="fedadam: the server's step size.")]
 RoundTimeout = Annotated[float, typer.Option("--round-timeout", help="Seconds a round waits for a site's update.")]
@@ -32,6 +33,16 @@ def _config(rounds: int, local_steps: int, min_sites: int, wait_for: int, aggreg
 
     return FederationConfig(rounds=rounds, local_steps=local_steps, min_sites=min_sites, wait_for=wait_for,
                             aggregation=aggregation, server_lr=server_lr, round_timeout=round_timeout)
+
+
+def _read(option: str, path: Optional[Path]) -> Optional[bytes]:
+    from lowbudget.errors import FederationError
+
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FederationError(f"{option} '{path}' is not a file; expected a PEM file")
+    return path.read_bytes()
 
 
 def _recipe(path: Path, overrides: list[str], **named: Optional[str]):
@@ -52,7 +63,8 @@ def server(
     aggregation: Aggregation = "fedavg",
     server_lr: ServerLr = 1e-3,
     round_timeout: RoundTimeout = 3600.0,
-    address: Annotated[str, typer.Option("--address", help="HOST:PORT to listen on (0.0.0.0:PORT for other machines).")]
+    address: Annotated[str, typer.Option("--address", help="HOST:PORT to listen on; the connection is not encrypted, "
+                                                           "so a private network or a tunnel between sites.")]
         = "127.0.0.1:8080",
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for the adapter files and the "
                                                                           "federation's state.")] = None,
@@ -60,15 +72,25 @@ def server(
     overrides: Sets = [],
     resume: Annotated[bool, typer.Option("--resume", help="Continue the federation in --output after its last round.")]
         = False,
+    tls_ca: Annotated[Optional[Path], typer.Option("--tls-ca", help="TLS: the CA certificate (PEM) that signed "
+                                                                    "--tls-cert; give all three for TLS.")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert", help="TLS: this server's certificate (PEM).")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key", help="TLS: this server's private key (PEM).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Hold the global adapter and aggregate the sites' updates, round by round."""
+    from lowbudget.errors import FederationError
     from lowbudget.federation import serve
+
+    given = [tls_ca, tls_cert, tls_key]
+    if any(given) and not all(given):
+        raise FederationError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    certificates = tuple(_read(o, p) for o, p in zip(("--tls-ca", "--tls-cert", "--tls-key"), given)) if all(given) else None
 
     cfg = _config(rounds, local_steps, min_sites, wait_for, aggregation, server_lr, round_timeout)
     loaded = _recipe(recipe, overrides, **{"model.base": base, "output.dir": output})
     quiet_libraries()
-    result = serve(loaded, cfg, address=address, resume=resume, overwrite=overwrite, log=info)
+    result = serve(loaded, cfg, address=address, resume=resume, overwrite=overwrite, certificates=certificates, log=info)
     for path in result.files:
         info(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
 
@@ -81,6 +103,8 @@ def site(
     name: Annotated[str, typer.Option("--name", help="This site's name in the adapter's record (default: none; "
                                                      "the server numbers the sites).")] = "",
     wait: Annotated[float, typer.Option("--wait", help="Seconds to keep trying to reach the server.")] = 300.0,
+    tls_ca: Annotated[Optional[Path], typer.Option("--tls-ca", help="TLS: the CA certificate (PEM) that signed the "
+                                                                    "server's certificate.")] = None,
     base: Base = None,
     overrides: Sets = [],
     quiet: Quiet = False,
@@ -88,9 +112,10 @@ def site(
     """Train on this site's images each round and send back only the adapter tensors."""
     from lowbudget.federation import join
 
+    root = _read("--tls-ca", tls_ca)
     loaded = _recipe(recipe, overrides, **{"model.base": base, "data.path": data})
     quiet_libraries()
-    join(loaded, server_address, name=name, wait=wait, progress=not quiet, log=info)
+    join(loaded, server_address, name=name, wait=wait, root_certificate=root, progress=not quiet, log=info)
 
 
 @federate_app.command()
@@ -118,7 +143,7 @@ def simulate(
             raise FederationError(f"--site '{folder}' is not a folder; expected a folder of training images")
     from lowbudget.federation import simulate as run_simulation
 
-    cfg = _config(rounds, local_steps, min_sites, len(sites), aggregation, server_lr, round_timeout)
+    cfg = _config(rounds, local_steps, min_sites, max(len(sites), min_sites), aggregation, server_lr, round_timeout)
     _recipe(recipe, overrides, **{"model.base": base})  # a bad recipe fails here, not in every process
     options = [*(["--base", base] if base else []), *[a for o in overrides for a in ("--set", o)]]
     code = run_simulation(recipe, sites, cfg, output=output, options=options, seed=seed, resume=resume,

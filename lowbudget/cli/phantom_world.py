@@ -32,16 +32,22 @@ def images(
     fmt: Annotated[str, typer.Option("--format",
         help="png | png16 | dicom | mixed (cycles png, png16, dicom).")] = "png",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    scanner: Annotated[str, typer.Option("--scanner", help="How a site's scanner shows them: reference | bright | "
+                                         "dim | noisy | soft, or exposure=1.2,contrast=0.8,noise=0.03,resolution=0.5.")]
+        = "reference",
     overwrite: Overwrite = False,
 ) -> None:
     """Write phantom images with metadata.jsonl captions (never naming a finding) and labels.csv."""
     from lowbudget.io import output_folder
     from lowbudget.phantoms import write_phantoms
+    from lowbudget.phantoms.scanners import parse_scanner
     from lowbudget.phantoms.world import check_request
 
     check_request(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)  # before the folder is made
+    acquisition = parse_scanner(scanner)
     output_folder(output, overwrite=overwrite, command="phantom images")
-    paths = write_phantoms(output, modality, finding, n=n, size=size, fmt=fmt, seed=seed, prevalence=prevalence)
+    paths = write_phantoms(output, modality, finding, n=n, size=size, fmt=fmt, seed=seed, prevalence=prevalence,
+                           scanner=None if scanner == "reference" else acquisition)
     info(f"wrote {len(paths)} {modality} phantoms, metadata.jsonl and labels.csv to {output}")
 
 
@@ -102,7 +108,8 @@ def benchmark(
     quick: Annotated[bool, typer.Option("--quick",
         help="One finding, reduced sizes (about 5 minutes on 2 cores).")] = False,
     sections: Annotated[str, typer.Option("--sections",
-        help="Comma-separated: detectors,base,fidelity,sweep,downstream,diversity,methods,compose,convergence.")] = "all",
+        help="Comma-separated: detectors,base,fidelity,sweep,downstream,diversity,methods,compose,convergence,"
+             "federated.")] = "all",
     findings: Annotated[str, typer.Option("--findings",
         help="Comma-separated findings (default: all; quick: effusion); "
              "the first is the one sweep, downstream, diversity and methods study.")] = "",

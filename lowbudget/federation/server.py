@@ -55,8 +55,12 @@ class FederationResult:
 
 
 def serve(recipe: Recipe, cfg: FederationConfig, *, address: str = "127.0.0.1:8080", resume: bool = False,
-          overwrite: bool = False, log: Callable[[str], None] = print) -> FederationResult:
-    """Run the federation's server on ``address`` until ``cfg.rounds`` rounds are aggregated."""
+          overwrite: bool = False, certificates: tuple[bytes, bytes, bytes] | None = None,
+          log: Callable[[str], None] = print) -> FederationResult:
+    """Run the federation's server on ``address`` until ``cfg.rounds`` rounds are aggregated.
+
+    ``certificates`` (CA certificate, server certificate, server key; PEM) make the connection TLS.
+    """
     out = Path(recipe.output.dir).expanduser()
     state = _claim(out, cfg, resume, overwrite, log)
     base = frozen_base(recipe, torch.device("cpu"), torch.float32)  # the server trains nothing
@@ -71,7 +75,7 @@ def serve(recipe: Recipe, cfg: FederationConfig, *, address: str = "127.0.0.1:80
                               "started with")
     log(f"federation: {plural(cfg.rounds, 'round')} of {plural(cfg.local_steps, 'local step')}, {cfg.aggregation}, "
         f"at least {plural(cfg.min_sites, 'site')} a round; {plural(len(layout), 'tensor')} "
-        f"({sum(int(np.prod(s)) for _, s in layout):,} values) on {address}")
+        f"({sum(int(np.prod(s)) for _, s in layout):,} values) on {address}" + (", TLS" if certificates else ""))
     ledger = Ledger(state.sites)
     if state.round < cfg.rounds:
         def saved(r: int, arrays: list[np.ndarray], strategy: Any) -> None:
@@ -80,7 +84,7 @@ def serve(recipe: Recipe, cfg: FederationConfig, *, address: str = "127.0.0.1:80
 
         strategy = make_strategy(cfg, layout=layout, start=state.arrays, fingerprint=fingerprint, ledger=ledger,
                                  first_round=state.round + 1, moments=state.moments, on_round=saved, log=log)
-        start_server(server_address=address, strategy=strategy,
+        start_server(server_address=address, strategy=strategy, certificates=certificates,
                      config=ServerConfig(num_rounds=cfg.rounds - state.round, round_timeout=cfg.round_timeout))
         state = _load_state(out, layout) if (out / STATE).is_file() else state
     if state.round == 0:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from lowbudget.errors import FederationError
 from lowbudget.federation.config import FederationConfig
+from lowbudget.progress import plural
 
 _AFTER_SERVER = 60.0  # seconds the sites get to leave once the server is done
 
@@ -37,7 +38,7 @@ def simulate(recipe: Path, sites: list[Path], cfg: FederationConfig, *, output: 
     with ``optim.seed = seed + i``, so sites do not draw the same noise.
     """
     if len(sites) < cfg.min_sites:
-        raise FederationError(f"{len(sites)} --site folders, fewer than --min-sites {cfg.min_sites}")
+        raise FederationError(f"{plural(len(sites), '--site folder')}, fewer than --min-sites {cfg.min_sites}")
     address = f"127.0.0.1:{free_port()}"
     threads = str(max(1, (os.cpu_count() or 1) // len(sites)))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),

@@ -32,16 +32,24 @@ from lowbudget.training.loop import reproducible, run_steps
 from lowbudget.training.setup import Run, set_up
 
 
-def join(recipe: Recipe, server: str, *, name: str = "", wait: float = 300.0, progress: bool = True,
-         log: Callable[[str], None] = print) -> int:
-    """Take part in the federation at ``server`` (HOST:PORT) until it ends; return the rounds trained."""
+def join(recipe: Recipe, server: str, *, name: str = "", wait: float = 300.0, root_certificate: bytes | None = None,
+         progress: bool = True, log: Callable[[str], None] = print) -> int:
+    """Take part in the federation at ``server`` (HOST:PORT) until it ends; return the rounds trained.
+
+    ``root_certificate`` (PEM): the CA that signed the server's certificate; the connection is TLS.
+    """
     site = Site(recipe, name=name, progress=progress, log=log)
     _wait_for(server, wait)  # Flower's gRPC client gives up at once on a server not yet listening
     log(f"joining the federation at {server}" + (f" as {name!r}" if name else ""))
     try:
         with reproducible(recipe.optim.deterministic):
-            start_client(server_address=server, client=site.to_client(), insecure=True, max_wait_time=wait)
-    except grpc.RpcError as exc:  # the server went away mid-federation
+            start_client(server_address=server, client=site.to_client(), insecure=root_certificate is None,
+                         root_certificates=root_certificate, max_wait_time=wait)
+    except grpc.RpcError as exc:
+        if not site.rounds:  # never got a round: most often TLS on one side only, or another CA
+            raise FederationError(f"the server at {server} accepted the connection but no federation came of it "
+                                  f"({exc.code().name}); if the server uses TLS give --tls-ca, with the CA that "
+                                  "signed its certificate (and not otherwise)") from None
         raise FederationError(f"lost the server at {server} after {plural(site.rounds, 'round')} "
                               f"({exc.code().name}); start this site again to rejoin") from None
     if not site.rounds:

@@ -28,6 +28,7 @@ from lowbudget.data.writers import write_dicom, write_png
 from lowbudget.errors import LowbudgetError
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import chest, prostate
+from lowbudget.phantoms.scanners import Scanner
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,11 @@ def check_request(modality: str, finding: str, *, n: int, size: int, seed: int, 
 
 
 def generate(modality: str, finding: str = "none", *, n: int, size: int = 64, seed: int = 0,
-             prevalence: float = 0.0, describe: bool = False) -> list[Phantom]:
+             prevalence: float = 0.0, describe: bool = False, scanner: Scanner | None = None) -> list[Phantom]:
     """``n`` phantoms that all show ``finding`` ('none': no forced finding), others at ``prevalence``.
 
     ``describe`` adds the appearance words of pretraining captions; the images do not change.
+    ``scanner`` shows them as a site's scanner would (the labels, masks and captions stay).
     """
     mod = check_request(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)
     rng = np.random.default_rng(seed)
@@ -144,6 +146,8 @@ def generate(modality: str, finding: str = "none", *, n: int, size: int = 64, se
     for _ in range(n):
         labels = mod.sample(rng, present, prevalence)
         image, masks = mod.render(labels, size, rng)
+        if scanner is not None:  # its own generator: the anatomy of image k is the same under every scanner
+            image = scanner.acquire(image, np.random.default_rng([seed, len(out)]))
         out.append(Phantom(image, mod.caption(labels, describe), _flat_labels(labels), masks))
     return out
 
@@ -160,7 +164,7 @@ def _flat_labels(labels: Any) -> dict[str, Any]:
 
 
 def write_phantoms(output: Path, modality: str = "chest", finding: str = "none", *, n: int, size: int = 64,
-                   fmt: str = "png", seed: int = 0, prevalence: float = 0.0) -> list[Path]:
+                   fmt: str = "png", seed: int = 0, prevalence: float = 0.0, scanner: Scanner | None = None) -> list[Path]:
     """Write ``n`` images plus ``metadata.jsonl`` (captions) and ``labels.csv`` (ground truth)."""
 
     formats = {"png": ["png"], "png16": ["png16"], "dicom": ["dicom"], "mixed": ["png", "png16", "dicom"]}
@@ -168,7 +172,7 @@ def write_phantoms(output: Path, modality: str = "chest", finding: str = "none",
         raise LowbudgetError(f"--format {fmt!r} is not known; expected one of {', '.join(formats)}")
     output = Path(output)
     paths, rows, table = [], [], []
-    for i, ph in enumerate(generate(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence)):
+    for i, ph in enumerate(generate(modality, finding, n=n, size=size, seed=seed, prevalence=prevalence, scanner=scanner)):
         kind = formats[fmt][i % len(formats[fmt])]
         name = f"{modality}-{i:04d}." + ("dcm" if kind == "dicom" else "png")
         if kind == "dicom":
@@ -176,7 +180,7 @@ def write_phantoms(output: Path, modality: str = "chest", finding: str = "none",
         else:
             paths.append(write_png(output / name, ph.image, bits=16 if kind == "png16" else 8))
         rows.append({"file_name": name, "text": ph.caption})
-        table.append({"file_name": name, **ph.labels})
+        table.append({"file_name": name, **ph.labels, "scanner": scanner.name if scanner else "reference"})
     atomic_write_text(output / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
