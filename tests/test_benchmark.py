@@ -133,7 +133,7 @@ def test_the_federated_section_compares_sites_alone_pooled_and_federated(tmp_pat
                                                     n_eval=2))
     report = run_benchmark(tmp_path, cfg, sections=("federated",), log=lambda s: None).read_text()
     rates = json.loads((tmp_path / "results.json").read_text())["federated"]["rates"]
-    assert set(rates) == {"bright alone", "soft alone", "pooled", "federated"}
+    assert set(rates) == {"bright alone", "soft alone", "pooled", "pooled, batch 16", "federated"}
     assert all(len(v) == 1 and 0.0 <= v[0] <= 1.0 for v in rates.values())
     assert "| mean of the sites alone |" in report and "federated >= pooled - 0.05:" in report
     fed = tmp_path / "federated" / "federated-0" / "lesion.safetensors"

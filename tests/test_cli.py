@@ -165,3 +165,23 @@ def test_training_says_when_it_validates_and_writes(monkeypatch, capsys, tiny_ba
     at = [lines.index(text) for text in ("train: validation at step 2", "train: writing the adapter files")]
     assert at == sorted(at) and re.fullmatch(r"train: done, \d+:\d\d", lines[at[-1] + 1]), err
     assert "trained 2 steps;" in err and "\r" not in err  # no carriage-return bar in a log
+
+
+def test_every_commands_help_reads_plainly(monkeypatch, capsys):
+    """Click's plain layout on every typer release: no rich markup escapes ('\\[default: 0]')."""
+    import click
+    import typer
+
+    from lowbudget.cli.app import app
+
+    def paths(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from paths(sub, [*path, name])
+
+    seen = 0
+    for path in paths(typer.main.get_command(app), []):
+        code, out, _ = run(monkeypatch, capsys, *path, "--help")
+        assert code == 0 and "\\[" not in out and "Usage: " in out, (path, out)
+        seen += 1
+    assert seen > 40 and isinstance(typer.main.get_command(app), click.Group)

@@ -267,3 +267,21 @@ def test_a_federation_over_tls(tiny_base, mixed_folder, tmp_path):
     assert server.returncode == 0 and "TLS" in out and "round 1 of 1: aggregated 2 sites" in out, out[-3000:]
     assert [s.returncode for s in sites] == [0, 0]
     assert plain.returncode == 1 and "if the server uses TLS give --tls-ca" in refused, refused[-2000:]
+
+
+def test_the_server_state_keeps_tensors_sites_and_adam_moments(tmp_path):
+    from lowbudget.federation.server import ServerState, _load_state, _save_state
+
+    moments = (_arrays(0.25), _arrays(0.5))
+    state = ServerState(3, _arrays(1.0), [{"site": "north", "named": True, "images": 30, "rounds": 3}],
+                        {"local_steps": 2, "aggregation": "fedadam"}, moments)
+    _save_state(tmp_path, state, LAYOUT)
+    back = _load_state(tmp_path, LAYOUT)
+    assert back.round == 3 and back.sites == state.sites and back.config == state.config
+    assert all(np.array_equal(a, b) for a, b in zip(back.arrays, state.arrays))
+    assert all(np.array_equal(a, b) for part in (0, 1) for a, b in zip(back.moments[part], moments[part]))
+    with pytest.raises(FederationError, match="holds tensors \\['a', 'b'\\]"):
+        _load_state(tmp_path, [("tokens", (2, 3))])
+    (tmp_path / "federation" / "state.safetensors").write_bytes(b"not a state")
+    with pytest.raises(FederationError, match="cannot be read as a federation state"):
+        _load_state(tmp_path, LAYOUT)

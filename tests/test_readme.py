@@ -5,6 +5,7 @@ replaced by a tiny SD 1.x-shaped model (text width 768) and a folder of phantoms
 training commands are shortened to one step at 32 px.
 """
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -62,7 +63,9 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
     (work / "recipes").symlink_to(ROOT / "recipes")
     (work / "embeddings").symlink_to(ROOT / "embeddings")
     monkeypatch.chdir(work)
-    write_chest_phantoms(tmp_path / "site-b", n=6, size=48, seed=7)
+    write_chest_phantoms(tmp_path / "site-b", n=6, size=48, seed=7)  # a second site, captioned as /data/cxr is
+    rows = [json.loads(line) for line in (tmp_path / "site-b" / "metadata.jsonl").read_text().splitlines()]
+    (tmp_path / "site-b" / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "a chest x-ray"}) + "\n" for r in rows))
     return {"/data/site-a": str(mixed_folder), "/data/site-b": str(tmp_path / "site-b"),
             "/models/sd15": str(base), "sd15=/models/sd15": f"sd15={base}", "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
             "/data/cxr-by-class": str(tmp_path / "cxr-by-class"), "/data/synthetic-by-class": str(tmp_path / "synthetic-by-class")}
@@ -117,10 +120,18 @@ def test_readme_federation_runs(user_site):
         processes.append(subprocess.Popen([sys.executable, "-m", "lowbudget", *args], stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}))
     try:
-        outputs = [p.communicate(timeout=240)[0] for p in processes]
+        processes[0].wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
+        for p in processes[1:]:
+            try:
+                p.wait(timeout=30 if processes[0].returncode == 0 else 0)
+            except subprocess.TimeoutExpired:
+                pass
         for p in processes:
             p.kill()
+    outputs = [p.communicate()[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], outputs
     assert "round 2 of 2: aggregated 2 sites" in outputs[0] and "wrote runs/federated/prostate-mri.safetensors" in outputs[0]
 

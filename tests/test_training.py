@@ -218,3 +218,13 @@ def test_long_captions_are_refused_or_trimmed_to_fit_beside_many_vectors(tiny_ba
                                   output=dataclasses.replace(recipe.output, dir=str(tmp_path / "b")))
     result = train(trimmed, **quiet)
     assert result.steps == 1 and load_file(tmp_path / "b" / "e.safetensors")["<e>"].shape == (40, 32)
+
+
+def test_a_bf16_run_records_the_fingerprint_of_the_base_as_users_load_it(tiny_base, mixed_folder, tmp_path):
+    """The fingerprint is taken before the frozen weights are cast: a bf16 copy of the vocabulary
+    hashes differently, and every file trained in bf16 then warned that it came from another base."""
+    recipe = tiny_recipe(mixed_folder, tmp_path / "bf16", tiny_base, "ti", steps=1)
+    train(dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, precision="bf16")), progress=False,
+          log=lambda m: None)
+    header = read_header(tmp_path / "bf16" / "effusion.safetensors")
+    assert header["base_fingerprint"] == load_base(str(tiny_base)).fingerprint

@@ -4,7 +4,9 @@ Four sites hold 25 images each of one finding, acquired by four different scanne
 (:mod:`lowbudget.phantoms.scanners`). The same token is trained (a) by each site alone on its
 25 images, (b) on all 100 pooled in one place -- what sharing the images would give -- and (c)
 by a federation of the four (``lowbudget federate simulate``: a server and four site processes
-over the loopback), whose rounds x local steps equal the others' steps. Each is scored by the
+over the loopback), whose rounds x local steps equal the others' steps. Per global step the
+federation's four sites together see four batches, so (b) is also trained with a four times
+larger batch: the same images per step, in one place. Each is scored by the
 finding's detector on images generated from its token. The detectors read every scanner's
 phantoms alike (rate 1.00 with the finding, 0.00 without, on each style), so one reading of the
 generated images serves every site's style.
@@ -51,6 +53,10 @@ def federated(cfg: FederatedConfig, output: Path, sampling: Sampling, log: Calla
             files = _trained(spec, replace(spec, seed=seed + k), folder, output / f"alone-{name}-{seed}")
             rates.setdefault(f"{name} alone", []).append(_rate(spec, files, cfg, sampling))
         rates.setdefault("pooled", []).append(_rate(spec, _trained(spec, spec, pooled, output / f"pooled-{seed}"), cfg, sampling))
+        # the federation's sites together see len(sites) batches per global step: pooled with that batch too
+        wide = replace(spec, batch_size=spec.batch_size * len(folders))
+        rates.setdefault(f"pooled, batch {wide.batch_size}", []).append(
+            _rate(spec, _trained(spec, wide, pooled, output / f"pooled-batch{wide.batch_size}-{seed}"), cfg, sampling))
         rates.setdefault("federated", []).append(_rate(spec, _federation(spec, cfg, folders, output / f"federated-{seed}", log),
                                                        cfg, sampling))
         log(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()))
@@ -114,12 +120,14 @@ def _rate(spec: TokenSpec, files: list[Path], cfg: FederatedConfig, sampling: Sa
 def _table(cfg: FederatedConfig, rates: dict[str, list[float]]) -> list[str]:
     alone = np.array([rates[f"{name} alone"] for name in cfg.sites])  # (sites, seeds)
     summary = {**{k: v for k, v in rates.items() if k.endswith("alone")}, "mean of the sites alone": list(alone.mean(0)),
-               "pooled": rates["pooled"], "federated": rates["federated"]}
+               **{k: v for k, v in rates.items() if k.startswith("pooled")}, "federated": rates["federated"]}
     rows = [[k, f"{np.mean(v):.2f} ± {np.std(v):.2f}", ", ".join(f"{x:.2f}" for x in v)] for k, v in summary.items()]
     fed, pool, mean_alone = (float(np.mean(summary[k])) for k in ("federated", "pooled", "mean of the sites alone"))
     claims = [f"federated >= pooled - 0.05: {fed:.2f} vs {pool - 0.05:.2f}, {'holds' if fed >= pool - 0.05 else 'does not hold'}",
               f"federated > mean of the sites alone: {fed:.2f} vs {mean_alone:.2f}, "
               f"{'holds' if fed > mean_alone else 'does not hold'}"]
+    wide = next(k for k in summary if k.startswith("pooled, batch"))
+    claims.append(f"federated against {wide} (the same images per global step): {fed:.2f} vs {np.mean(summary[wide]):.2f}")
     notes = [f"{cfg.finding}, TI with {cfg.n_vectors} vector(s), {cfg.steps} steps each; {cfg.per_site} images per site, "
              f"scanners {', '.join(cfg.sites)}; federated: {cfg.rounds} rounds x {cfg.steps // cfg.rounds} local steps, "
              f"FedAvg; detector rate on {cfg.n_eval} generated images per token; mean ± std over training seeds "

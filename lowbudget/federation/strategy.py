@@ -57,6 +57,8 @@ def make_strategy(cfg: FederationConfig, *, layout: Layout, start: list[np.ndarr
     """A checked FedAvg or FedAdam (``cfg.aggregation``) starting from ``start`` at ``first_round``."""
     flower = _flower_class(cfg.aggregation)
     checked = type(f"Checked{flower.__name__}", (_Checked, flower), {})
+    # FedAdam: eta is the server's step, tau Adam's epsilon (the tensors' scale is ~1e-2, not 1);
+    # eta_l is a site-side rate FedOpt stores and FedAdam's aggregation never reads.
     extra = {"eta": cfg.server_lr, "eta_l": 1.0, "tau": 1e-6} if cfg.aggregation == "fedadam" else {}
 
     def fit_config(server_round: int) -> dict[str, Scalar]:

@@ -2,6 +2,7 @@
 exactly, detectors that read it back, and phantoms as a training-data source.
 
   chest.py, prostate.py, texture.py  the generators
+  scanners.py                        how a site's scanner shows them (exposure, contrast, noise, resolution)
   world.py                           modalities, captions, labels; writing phantom folders
   detectors.py                       a calibrated detector per finding, and modality recognition
   source.py                          ``data.phantoms = "chest/effusion"``: phantoms drawn in memory

@@ -190,6 +190,7 @@ def _dvar_loss(latents: LatentSet, captioner: Captioner, recipe: Recipe, schedul
 def frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype) -> BaseModel:
     base = load_base(recipe.model.base, prediction_type=recipe.model.prediction_type,
                      expected_family=recipe.model.family)
+    base.fingerprint  # of the vocabulary as loaded: a bf16 copy would hash to another base's fingerprint
     for part in ("unet", "text_encoder", "vae"):  # by name: no loop variable keeps a module alive
         getattr(base, part).requires_grad_(False)
         if weight_dtype == torch.float32:  # an fp32 cast would only make diffusers warn
