@@ -63,8 +63,8 @@ def server(
     aggregation: Aggregation = "fedavg",
     server_lr: ServerLr = 1e-3,
     round_timeout: RoundTimeout = 3600.0,
-    address: Annotated[str, typer.Option("--address", help="HOST:PORT to listen on; the connection is not encrypted, "
-                                                           "so a private network or a tunnel between sites.")]
+    address: Annotated[str, typer.Option("--address", help="HOST:PORT to listen on; without --tls-* the connection "
+                                                           "is not encrypted (a private network or a tunnel).")]
         = "127.0.0.1:8080",
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for the adapter files and the "
                                                                           "federation's state.")] = None,

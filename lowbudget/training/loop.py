@@ -1,8 +1,9 @@
 """The one training loop: textual inversion, LoRA and pivotal tuning (TI + LoRA).
 
 Three parts, read top to bottom: set-up (:func:`lowbudget.training.setup.set_up`: data, base,
-adapters, cached latents, optimiser over the adapter tensors only, resume), the loop, and the
-finish (the last checkpoint, the adapter files, the loss curve). Every random draw of step ``k``
+adapters, cached latents, optimiser over the adapter tensors only, resume), the loop
+(:func:`run_steps`, which a federated site also runs, a round at a time), and the finish (the
+last checkpoint, the adapter files, the loss curve). Every random draw of step ``k``
 comes from a generator seeded with ``(seed, k)``, so a run killed at step k and resumed
 draws exactly what the unbroken run would have drawn.
 """
