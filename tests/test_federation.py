@@ -285,3 +285,22 @@ def test_the_server_state_keeps_tensors_sites_and_adam_moments(tmp_path):
     (tmp_path / "federation" / "state.safetensors").write_bytes(b"not a state")
     with pytest.raises(FederationError, match="cannot be read as a federation state"):
         _load_state(tmp_path, LAYOUT)
+
+
+def test_a_site_on_another_base_refuses_in_one_line_and_the_server_writes_nothing(tiny_base, mixed_folder, tmp_path):
+    from lowbudget.models.architectures import write_base_folder
+
+    other = write_base_folder(tmp_path / "other-base", "tiny", seed=1)
+    address = f"127.0.0.1:{free_port()}"
+    common = ["recipes/phantom/chest-ti.toml", "--set", "data.resolution=32", "--set", "optim.batch_size=2"]
+    server = _lowbudget("server", *common, "--base", tiny_base, "--rounds", 1, "--local-steps", 1, "--min-sites", 1,
+                        "--address", address, "--output", tmp_path / "fed")
+    site = _lowbudget("site", *common, "--base", other, "--data", mixed_folder, "--server", address, "-q")
+    try:
+        said, out = site.communicate(timeout=TIMEOUT)[0], server.communicate(timeout=TIMEOUT)[0]
+    finally:
+        server.kill(), site.kill()
+    assert site.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert "error: this site's base (vocabulary fingerprint" in said and "every site trains on the same base" in said
+    assert server.returncode == 1 and "error: no site's update was aggregated in 1 round; nothing to write" in out
+    assert not list((tmp_path / "fed").glob("*.safetensors"))

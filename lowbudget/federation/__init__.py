@@ -27,12 +27,15 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 def _flower_says(record: logging.LogRecord) -> bool:
     """Flower's own lines worth a user's eye: its warnings and errors, less the notice that the
     gRPC server and client lowbudget starts are deprecated in favour of Flower's SuperLink and
-    SuperNode daemons, which would make each site install lowbudget as a packaged Flower app."""
-    return record.levelno >= logging.WARNING and "DEPRECATED FEATURE" not in record.getMessage()
+    SuperNode daemons (which would make each site install lowbudget as a packaged Flower app),
+    and less its traceback of lowbudget's own errors, which the CLI reports in one line."""
+    ours = record.exc_info is not None and isinstance(record.exc_info[1], LowbudgetError)
+    return record.levelno >= logging.WARNING and "DEPRECATED FEATURE" not in record.getMessage() and not ours
 
 
 logging.getLogger("flwr").addFilter(_flower_says)  # lowbudget's own lines say what each round did
 
+from lowbudget.errors import LowbudgetError  # noqa: E402
 from lowbudget.federation.config import FederationConfig  # noqa: E402
 from lowbudget.federation.server import serve  # noqa: E402
 from lowbudget.federation.simulate import simulate  # noqa: E402

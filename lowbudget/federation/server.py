@@ -87,11 +87,12 @@ def serve(recipe: Recipe, cfg: FederationConfig, *, address: str = "127.0.0.1:80
         start_server(server_address=address, strategy=strategy, certificates=certificates,
                      config=ServerConfig(num_rounds=cfg.rounds - state.round, round_timeout=cfg.round_timeout))
         state = _load_state(out, layout) if (out / STATE).is_file() else state
-    if state.round == 0:
-        raise FederationError("no round was aggregated (no site sent a usable update); nothing to write")
+    if not _counted(state):
+        raise FederationError(f"no site's update was aggregated in {plural(state.round, 'round')}; nothing to write "
+                              "(the lines above say what each round received)")
     load_into(trainable, state.arrays, layout)
     files = write_adapters(out, base, bank, recipe, _provenance(base.name, fingerprint, recipe, cfg, state))
-    log(f"federation done: {plural(state.round, 'round')} aggregated from {plural(len(_counted(state)), 'site')}")
+    log(f"federation done: {plural(state.round, 'round')}, updates from {plural(len(_counted(state)), 'site')}")
     return FederationResult(out, files, state.round, _counted(state))
 
 
