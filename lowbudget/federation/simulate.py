@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from lowbudget.errors import FederationError
 from lowbudget.federation.config import FederationConfig
@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def simulate(recipe: Path, sites: list[Path], cfg: FederationConfig, *, output: Path, options: list[str] = (),
+def simulate(recipe: Path, sites: list[Path], cfg: FederationConfig, *, output: Path, options: Sequence[str] = (),
              seed: int = 0, resume: bool = False, log: Callable[[str], None] = print) -> int:
     """Run a server and one site per folder in ``sites``; return the server's exit code.
 
