@@ -111,3 +111,15 @@ def test_only_the_cli_imports_typer():
              if isinstance(node, (ast.Import, ast.ImportFrom))
              and any((getattr(node, "module", None) or a.name).split(".")[0] == "typer" for a in node.names)]
     assert not users, users
+
+
+def test_flower_is_imported_by_the_federation_package_only():
+    """flwr is the `federate` extra: everything else runs without it (the CLI imports the package lazily)."""
+    importers = set()
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.split(".")[0] == "flwr" for name in names):
+                importers.add(module)
+    assert importers and all(m.startswith("lowbudget.federation") for m in importers), importers

@@ -23,6 +23,7 @@ import numpy as np
 
 from lowbudget.bench.fidelity import Sampling, TokenSpec, fidelity, token_recipe
 from lowbudget.bench.tables import markdown_table
+from lowbudget.errors import FederationError
 from lowbudget.federation import FederationConfig, simulate
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms.scanners import SCANNERS
@@ -109,7 +110,7 @@ def _federation(spec: TokenSpec, cfg: FederatedConfig, folders: dict[str, Path],
     lines: list[str] = []
     code = simulate(recipe_file, list(folders.values()), fed, output=out, seed=spec.seed, log=lines.append)
     if code:
-        raise RuntimeError(f"the federation in {out} stopped with exit code {code}: " + " | ".join(lines[-5:]))
+        raise FederationError(f"the federation in '{out}' stopped with exit code {code}: " + " | ".join(lines[-5:]))
     return sorted(out.glob("*.safetensors"))
 
 
