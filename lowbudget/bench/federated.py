@@ -21,14 +21,13 @@ from typing import Callable
 
 import numpy as np
 
-from lowbudget.bench.fidelity import Sampling, TokenSpec, fidelity, token_recipe
+from lowbudget.bench.fidelity import Sampling, TokenSpec, fidelity, finished, token_recipe, train_finding
 from lowbudget.bench.tables import markdown_table
 from lowbudget.errors import FederationError
 from lowbudget.federation import FederationConfig, simulate
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms.scanners import SCANNERS
 from lowbudget.phantoms.world import write_phantoms
-from lowbudget.training.loop import train
 
 
 @dataclass
@@ -51,13 +50,14 @@ def federated(cfg: FederatedConfig, output: Path, sampling: Sampling, log: Calla
     for seed in cfg.seeds:
         spec = TokenSpec(cfg.finding, n_vectors=cfg.n_vectors, steps=cfg.steps, seed=seed)
         for k, (name, folder) in enumerate(folders.items()):
-            files = _trained(spec, replace(spec, seed=seed + k), folder, output / f"alone-{name}-{seed}")
+            files = train_finding(replace(spec, seed=seed + k), output / f"alone-{name}-{seed}", data=folder)
             rates.setdefault(f"{name} alone", []).append(_rate(spec, files, cfg, sampling))
-        rates.setdefault("pooled", []).append(_rate(spec, _trained(spec, spec, pooled, output / f"pooled-{seed}"), cfg, sampling))
+        rates.setdefault("pooled", []).append(_rate(spec, train_finding(spec, output / f"pooled-{seed}", data=pooled), cfg,
+                                                    sampling))
         # the federation's sites together see len(sites) batches per global step: pooled with that batch too
         wide = replace(spec, batch_size=spec.batch_size * len(folders))
         rates.setdefault(f"pooled, batch {wide.batch_size}", []).append(
-            _rate(spec, _trained(spec, wide, pooled, output / f"pooled-batch{wide.batch_size}-{seed}"), cfg, sampling))
+            _rate(spec, train_finding(wide, output / f"pooled-batch{wide.batch_size}-{seed}", data=pooled), cfg, sampling))
         rates.setdefault("federated", []).append(_rate(spec, _federation(spec, cfg, folders, output / f"federated-{seed}", log),
                                                        cfg, sampling))
         log(f"  seed {seed}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()))
@@ -87,31 +87,20 @@ def _pooled(folders: dict[str, Path], pooled: Path) -> Path:
     return pooled
 
 
-def _recipe(spec: TokenSpec, folder: Path, out: Path):
-    recipe = token_recipe(spec, out)
-    return replace(recipe, data=replace(recipe.data, phantoms="", path=str(folder), captions="auto"))
-
-
-def _trained(spec: TokenSpec, run_spec: TokenSpec, folder: Path, out: Path) -> list[Path]:
-    done = sorted(out.glob("*.safetensors"))
-    return done or [p for p in train(_recipe(run_spec, folder, out), progress=False, log=lambda s: None).files
-                    if p.suffix == ".safetensors"]
-
-
 def _federation(spec: TokenSpec, cfg: FederatedConfig, folders: dict[str, Path], out: Path,
                 log: Callable[[str], None]) -> list[Path]:
-    done = sorted(out.glob("*.safetensors"))
+    done = finished(out)
     if done:
         return done
     recipe_file = out.parent / f"{out.name}.toml"
-    atomic_write_text(recipe_file, _recipe(spec, next(iter(folders.values())), out).to_toml())
+    atomic_write_text(recipe_file, token_recipe(spec, out, data=next(iter(folders.values()))).to_toml())
     fed = FederationConfig(rounds=cfg.rounds, local_steps=cfg.steps // cfg.rounds, min_sites=len(folders),
                            wait_for=len(folders))
     lines: list[str] = []
     code = simulate(recipe_file, list(folders.values()), fed, output=out, seed=spec.seed, log=lines.append)
     if code:
         raise FederationError(f"the federation in '{out}' stopped with exit code {code}: " + " | ".join(lines[-5:]))
-    return sorted(out.glob("*.safetensors"))
+    return finished(out)
 
 
 def _rate(spec: TokenSpec, files: list[Path], cfg: FederatedConfig, sampling: Sampling) -> float:

@@ -74,8 +74,9 @@ class TokenSpec:
     long_captions: str = ""  # data.long_captions; "" = "trim" for tokens over 48 vectors, else "error"
 
 
-def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
-    """The recipe a user would write for ``spec``: generated phantoms, embedded base."""
+def token_recipe(spec: TokenSpec, output: Path, base: str = "", data: Path | None = None) -> Recipe:
+    """The recipe a user would write for ``spec``: generated phantoms (or the phantom folder
+    ``data``), embedded base."""
     modality = modality_of(spec.finding)
     tokens = [] if spec.method == "lora" else [
         TokenConfig(name=token_name(spec.finding), init=init_word(spec.finding), n_vectors=spec.n_vectors)]
@@ -87,8 +88,8 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
     captions = spec.captions
     long_captions = spec.long_captions or ("trim" if spec.n_vectors > 48 else "error")
     return Recipe(
-        data=DataConfig(phantoms=f"{modality}/{drawn}", phantoms_n=spec.n_images, phantoms_seed=spec.data_seed,
-                        modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
+        data=DataConfig(phantoms="" if data else f"{modality}/{drawn}", path=str(data or ""), phantoms_n=spec.n_images,
+                        phantoms_seed=spec.data_seed, modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
                         long_captions=long_captions,
                         templates=[fmt.replace("{caption}", MODALITIES[modality].plain_prompt)]),
         model=ModelConfig(base=base),
@@ -100,20 +101,28 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "") -> Recipe:
     )
 
 
-def train_finding(spec: TokenSpec, output: Path, base: str = "", log: Callable[[str], None] = lambda s: None) -> list[Path]:
-    """Train ``spec`` under ``output`` (or reuse a finished run of the same spec and base there);
-    returns the adapter files.
+def train_finding(spec: TokenSpec, output: Path, base: str = "", log: Callable[[str], None] = lambda s: None,
+                  data: Path | None = None) -> list[Path]:
+    """Train ``spec`` under ``output`` (or reuse a finished run of the same spec, base and data
+    there); returns the adapter files. ``data``: a phantom folder instead of generated phantoms.
 
-    Each spec has its own folder, ``output/spec-<hash of the spec and base>``: sections that ask
-    for the same token share one run, and a changed setting never picks up another's files.
+    Each spec has its own folder, ``output/spec-<hash of the spec, base and data>``: sections that
+    ask for the same token share one run, and a changed setting never picks up another's files.
     """
-    key = hashlib.sha256(json.dumps([asdict(spec), str(base)], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([asdict(spec), str(base), *([str(data)] if data else [])],
+                                    sort_keys=True).encode()).hexdigest()[:12]
     run = Path(output) / f"spec-{key}"
-    done = sorted(run.glob("*.safetensors"))
-    if done:  # adapters are written last, atomically: their presence means the run finished
+    done = finished(run)
+    if done:
         return done
-    files = train(token_recipe(spec, run, base), progress=False, log=log).files
+    files = train(token_recipe(spec, run, base, data), progress=False, log=log).files
     return [p for p in files if p.suffix == ".safetensors"]  # not the loss chart
+
+
+def finished(run: Path) -> list[Path]:
+    """The adapter files of a finished run in ``run`` (written last, atomically: their presence
+    means the run finished), or [] ."""
+    return sorted(Path(run).glob("*.safetensors"))
 
 
 def prompts(finding: str, with_adapter: bool = True) -> dict[str, str]:

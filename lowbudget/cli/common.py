@@ -1,14 +1,19 @@
-"""What every command group shares: option types, value parsers, messages, library quieting."""
+"""What every command group shares: option types, value parsers, a recipe with its overrides, messages,
+library quieting."""
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lowbudget.errors import LowbudgetError
+
+if TYPE_CHECKING:
+    from lowbudget.recipe import Recipe
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Write even where the output holds files lowbudget did not write.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display (errors and results are still printed).")]
@@ -29,6 +34,16 @@ def parse_weights(text: str) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise LowbudgetError(f"--weights {text!r} must be finite numbers (no nan or inf)")
     return values
+
+
+def recipe_from(path: str | Path, overrides: list[str], **named: object) -> Recipe:
+    """The recipe at ``path`` with the ``--set`` overrides and the named options that were given
+    (``{"model.base": base, ...}``; None: not given)."""
+    from lowbudget.recipe import load_recipe, parse_override
+
+    values = dict(parse_override(o) for o in overrides)
+    values |= {key: value for key, value in named.items() if value is not None}
+    return load_recipe(path, values)
 
 
 def info(message: str) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries
+from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries, recipe_from
 
 federate_app = typer.Typer(help="Train one adapter across sites without moving images (federated rounds over Flower).",
                            no_args_is_help=True)
@@ -45,14 +45,6 @@ def _read(option: str, path: Optional[Path]) -> Optional[bytes]:
     return path.read_bytes()
 
 
-def _recipe(path: Path, overrides: list[str], **named: Optional[str]):
-    from lowbudget.recipe import load_recipe, parse_override
-
-    values = dict(parse_override(o) for o in overrides)
-    values |= {key: value for key, value in named.items() if value is not None}
-    return load_recipe(path, values)
-
-
 @federate_app.command()
 def server(
     recipe: Recipe,
@@ -88,7 +80,7 @@ def server(
     certificates = tuple(_read(o, p) for o, p in zip(("--tls-ca", "--tls-cert", "--tls-key"), given)) if all(given) else None
 
     cfg = _config(rounds, local_steps, min_sites, wait_for, aggregation, server_lr, round_timeout)
-    loaded = _recipe(recipe, overrides, **{"model.base": base, "output.dir": output})
+    loaded = recipe_from(recipe, overrides, **{"model.base": base, "output.dir": output})
     quiet_libraries()
     result = serve(loaded, cfg, address=address, resume=resume, overwrite=overwrite, certificates=certificates, log=info)
     for path in result.files:
@@ -113,7 +105,7 @@ def site(
     from lowbudget.federation import join
 
     root = _read("--tls-ca", tls_ca)
-    loaded = _recipe(recipe, overrides, **{"model.base": base, "data.path": data})
+    loaded = recipe_from(recipe, overrides, **{"model.base": base, "data.path": data})
     quiet_libraries()
     join(loaded, server_address, name=name, wait=wait, root_certificate=root, progress=not quiet, log=info)
 
@@ -144,7 +136,7 @@ def simulate(
     from lowbudget.federation import simulate as run_simulation
 
     cfg = _config(rounds, local_steps, min_sites, max(len(sites), min_sites), aggregation, server_lr, round_timeout)
-    _recipe(recipe, overrides, **{"model.base": base})  # a bad recipe fails here, not in every process
+    recipe_from(recipe, overrides, **{"model.base": base})  # a bad recipe fails here, not in every process
     options = [*(["--base", base] if base else []), *[a for o in overrides for a in ("--set", o)]]
     code = run_simulation(recipe, sites, cfg, output=output, options=options, seed=seed, resume=resume,
                            log=typer.echo)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries
+from lowbudget.cli.common import Overwrite, Quiet, info, quiet_libraries, recipe_from
 from lowbudget.errors import LowbudgetError
 
 
@@ -31,14 +31,10 @@ def train(
 ) -> None:
     """Train a textual-inversion embedding, a LoRA, or both, as the recipe says."""
     from lowbudget.progress import plural
-    from lowbudget.recipe import load_recipe, parse_override
     from lowbudget.training import train as run_training
 
-    values = dict(parse_override(o) for o in overrides)
-    for key, value in (("model.base", base), ("data.path", data), ("output.dir", output), ("optim.max_steps", max_steps)):
-        if value is not None:
-            values[key] = value
-    loaded = load_recipe(recipe, values)
+    loaded = recipe_from(recipe, overrides, **{"model.base": base, "data.path": data, "output.dir": output,
+                                              "optim.max_steps": max_steps})
     quiet_libraries()
     result = run_training(loaded, resume=resume, overwrite=overwrite, progress=not quiet, log=info)
     if not result.main_process:  # another process of a multi-process launch: the main one reports

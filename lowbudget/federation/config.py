@@ -35,8 +35,3 @@ class FederationConfig:
             raise FederationError(f"--aggregation {self.aggregation!r} is not known; expected one of {', '.join(AGGREGATIONS)}")
         checks.within("--server-lr", self.server_lr, 1e-9, 10.0, FederationError)
         checks.at_least("--round-timeout", self.round_timeout, 1.0, FederationError)
-
-    @property
-    def total_steps(self) -> int:
-        """The length of the global trajectory: its learning-rate schedule runs over this many steps."""
-        return self.rounds * self.local_steps

@@ -47,15 +47,11 @@ class Ledger:
         return self._by_cid[cid]["site"] if cid in self._by_cid else "a site not heard from before"
 
 
-def _flower_class(aggregation: str) -> type:
-    return FedAdam if aggregation == "fedadam" else FedAvg
-
-
 def make_strategy(cfg: FederationConfig, *, layout: Layout, start: list[np.ndarray], fingerprint: str, ledger: Ledger,
                   first_round: int, moments: tuple[list[np.ndarray], list[np.ndarray]] | None,
                   on_round: Callable[[int, list[np.ndarray], Any], None], log: Callable[[str], None]) -> Any:
     """A checked FedAvg or FedAdam (``cfg.aggregation``) starting from ``start`` at ``first_round``."""
-    flower = _flower_class(cfg.aggregation)
+    flower = FedAdam if cfg.aggregation == "fedadam" else FedAvg
     checked = type(f"Checked{flower.__name__}", (_Checked, flower), {})
     # FedAdam: eta is the server's step, tau Adam's epsilon (the tensors' scale is ~1e-2, not 1);
     # eta_l is a site-side rate FedOpt stores and FedAdam's aggregation never reads.

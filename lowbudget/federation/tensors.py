@@ -32,15 +32,11 @@ def to_arrays(tensors: dict[str, torch.Tensor], layout: Layout) -> list[np.ndarr
     return [tensors[name].detach().to("cpu", torch.float32).numpy().copy() for name, _ in layout]
 
 
-def from_arrays(arrays: list[np.ndarray], layout: Layout) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(np.array(a, dtype=DTYPE)) for (name, _), a in zip(layout, arrays, strict=True)}
-
-
 def load_into(live: dict[str, torch.Tensor], arrays: list[np.ndarray], layout: Layout) -> None:
-    """Copy the global tensors into a site's live (trainable) ones."""
+    """Copy the global tensors into live (trainable) ones: a site's, or the server's for the file."""
     with torch.no_grad():
-        for name, tensor in from_arrays(arrays, layout).items():
-            live[name].copy_(tensor.to(live[name].device, live[name].dtype))
+        for (name, _), a in zip(layout, arrays, strict=True):
+            live[name].copy_(torch.from_numpy(np.array(a, dtype=DTYPE)).to(live[name].device, live[name].dtype))
 
 
 def update_problem(arrays: list[np.ndarray], layout: Layout) -> str:

@@ -322,7 +322,7 @@ def _validate(base: BaseModel, bank: TokenBank | None, recipe: Recipe, path: Pat
 
 
 def write_adapters(out: Path, base: BaseModel, bank: TokenBank | None, recipe: Recipe,
-                    provenance: own_files.Provenance) -> list[Path]:
+                   provenance: own_files.Provenance) -> list[Path]:
     written = []
     dtype = recipe.output.save_dtype
     if bank is not None:
