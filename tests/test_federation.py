@@ -127,7 +127,7 @@ def test_a_sites_round_is_the_local_training_loop(tiny_base, mixed_folder, tmp_p
 
     base = load_base(str(tiny_base))
     fingerprint = base.fingerprint
-    start = attach_adapters(base, recipe.method)[2]["tokens"].detach().numpy().copy()
+    start = attach_adapters(base, recipe.method, recipe.optim.seed)[2]["tokens"].detach().numpy().copy()
     layout = [("tokens", start.shape)]
     config = {"round": 1, "rounds": 1, "local_steps": 3, "layout": layout_json(layout), "fingerprint": fingerprint}
     arrays, images, metrics = site.fit([start], config)

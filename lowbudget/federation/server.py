@@ -65,7 +65,7 @@ def serve(recipe: Recipe, cfg: FederationConfig, *, address: str = "127.0.0.1:80
     state = _claim(out, cfg, resume, overwrite, log)
     base = frozen_base(recipe, torch.device("cpu"), torch.float32)  # the server trains nothing
     fingerprint = base.fingerprint  # before the tokens are added, as training takes it
-    bank, _, trainable = attach_adapters(base, recipe.method)
+    bank, _, trainable = attach_adapters(base, recipe.method, recipe.optim.seed)
     layout = layout_of(trainable)
     if state is None:
         state = ServerState(0, to_arrays(trainable, layout), [], dataclasses.asdict(cfg))

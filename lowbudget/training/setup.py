@@ -87,7 +87,7 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     weight_dtype = DTYPES[recipe.model.precision]
     base = frozen_base(recipe, accelerator.device, weight_dtype)
     fingerprint = base.fingerprint  # before attach_tokens grows the vocabulary
-    bank, lora, trainable = attach_adapters(base, method)
+    bank, lora, trainable = attach_adapters(base, method, recipe.optim.seed)
     text_trains = bank is not None or (method.trains_lora and method.lora.text_encoder)
     if recipe.model.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
@@ -131,12 +131,19 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     return run
 
 
-def attach_adapters(base: BaseModel, method: MethodConfig) -> tuple[TokenBank | None, list[torch.nn.Parameter],
-                                                                      dict[str, torch.nn.Parameter]]:
+def attach_adapters(base: BaseModel, method: MethodConfig, seed: int) -> tuple[TokenBank | None, list[torch.nn.Parameter],
+                                                                                 dict[str, torch.nn.Parameter]]:
     """The method's tokens and LoRA on ``base``: (token bank, LoRA parameters, every trainable
-    tensor by name). A federation's server calls it too, for the tensors its sites start from."""
+    tensor by name). A federation's server calls it too, for the tensors its sites start from.
+
+    peft draws LoRA's A matrices from torch's global generator: seeded here with ``seed`` (and
+    the global state put back after), so a run starts from the same tensors whatever ran
+    before it in the process -- a benchmark's fifth run as its first.
+    """
     bank = attach_tokens(base, method.tokens) if method.trains_tokens else None
-    lora = attach_lora(base, method.lora) if method.trains_lora else []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lora = attach_lora(base, method.lora) if method.trains_lora else []
     trainable = {"tokens": bank.parameter} if bank is not None else {}
     trainable.update(dict(lora_parameters(base)))
     return bank, lora, trainable
