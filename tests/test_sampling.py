@@ -77,6 +77,23 @@ def test_composition_weights_change_the_image(pipe):
     assert (a - b).abs().max() > 1e-3
 
 
+def test_guidance_from_runs_the_first_steps_unguided(pipe):
+    """guidance_from = 0.5 of 4 steps: the first 2 steps are the guidance-1 run's, the rest guided."""
+    def estimates(**kw):
+        out = []
+        sample(pipe, SampleRequest(prompt="lung", seeds=[2], steps=4, size=32, **kw), watch=lambda s: out.append(s.x0))
+        return out
+
+    late = estimates(guidance=7.5, guidance_from=0.5)
+    unguided, guided = estimates(guidance=1.0), estimates(guidance=7.5)
+    for i in (0, 1):
+        torch.testing.assert_close(late[i], unguided[i], atol=1e-5, rtol=0)
+        assert (late[i] - guided[i]).abs().max() > 1e-3
+    assert (late[3] - unguided[3]).abs().max() > 1e-3  # guided from step 2 on
+    with pytest.raises(LowbudgetError, match="--guidance-from = 1.0 must be in \\[0, 1\\)"):
+        SampleRequest(prompt="x", guidance_from=1.0)
+
+
 def test_two_64_vector_tokens_combine_but_not_in_one_prompt(tiny_base):
     pipe = load_base(tiny_base).pipeline()
     pipe.load_textual_inversion({"<a>": torch.randn(64, 32)}, token="<a>")
@@ -167,13 +184,14 @@ def test_generate_writes_regenerable_pngs_and_dicom(monkeypatch, capsys, tmp_pat
     from lowbudget.sampling.outputs import read_record
 
     code, _, err = run(monkeypatch, capsys, "generate", "a chest x-ray", "--base", tiny_base, "-n", 2, "--seed", 5,
-                       "--steps", 3, "--size", 32, "--output", tmp_path / "g")
+                       "--steps", 3, "--guidance-from", 0.34, "--size", 32, "--output", tmp_path / "g")
     assert code == 0, err
     rec = read_record(tmp_path / "g" / "seed-000006.png")
     assert rec["seed"] == 6 and rec["steps"] == 3 and rec["scheduler"] == "ddim" and len(rec["base_fingerprint"]) == 64
+    assert rec["guidance_from"] == 0.34
     code, _, err = run(monkeypatch, capsys, "generate", rec["prompt"], "--base", tiny_base, "-n", 1, "--seed", rec["seed"],
-                       "--steps", rec["steps"], "--guidance", rec["guidance"], "--scheduler", rec["scheduler"],
-                       "--size", 32, "--output", tmp_path / "again")
+                       "--steps", rec["steps"], "--guidance", rec["guidance"], "--guidance-from", rec["guidance_from"],
+                       "--scheduler", rec["scheduler"], "--size", 32, "--output", tmp_path / "again")
     first = np.asarray(Image.open(tmp_path / "g" / "seed-000006.png"))
     again = np.asarray(Image.open(tmp_path / "again" / "seed-000006.png"))
     assert np.abs(first.astype(int) - again.astype(int)).max() <= 1  # regenerated from its own record
@@ -218,6 +236,7 @@ def test_compose_and_inpaint_from_the_cli(monkeypatch, capsys, tmp_path, tiny_ba
     (["compose", "--seeds", "0"], r"give either --interpolate A --interpolate B or --combine"),
     (["generate", "x", "--scheduler", "heun", "--steps", "1", "--size", "32"], r"--scheduler 'heun' is not known"),
     (["generate", "x", "--format", "jpeg"], r"--format 'jpeg' is not known"),
+    (["generate", "x", "--guidance-from", "1.5"], r"--guidance-from = 1.5 must be in \[0, 1\)"),
 ])
 def test_sampling_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_base, args, pattern):
     Image.new("RGB", (32, 32)).save(tmp_path / "img.png")

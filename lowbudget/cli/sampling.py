@@ -19,6 +19,9 @@ _Adapters = Annotated[list[Path], typer.Option("--adapter", metavar="FILE", help
 _Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds: one image (or row) per seed.")]
 _Steps = Annotated[int, typer.Option("--steps", help="Sampler steps.")]
 _Guidance = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")]
+_GuidanceFrom = Annotated[float, typer.Option(
+    "--guidance-from", help="Share of the steps, from the noisiest, run without guidance (0-1): high --guidance "
+                            "early pulls images towards one middle picture (a finding on both sides).")]
 _Scheduler = Annotated[str, typer.Option("--scheduler", help="ddim | dpm++ | euler | pndm")]
 _Negative = Annotated[str, typer.Option("--negative", help="Negative prompt (the unconditional branch).")]
 _Size = Annotated[Optional[int], typer.Option("--size", help="Image size in pixels (default: the base's native size).")]
@@ -26,8 +29,10 @@ _Trust = Annotated[Optional[Path], typer.Option("--trust", help="Folder of trust
 _Require = Annotated[bool, typer.Option("--require-signature", help="Refuse adapters not signed by a key in --trust.")]
 
 
-def _sampling_options(steps: int, guidance: float, scheduler: str, negative: str, size: Optional[int]) -> dict:
-    return {"steps": steps, "guidance": guidance, "scheduler": scheduler, "negative_prompt": negative, "size": size}
+def _sampling_options(steps: int, guidance: float, guidance_from: float, scheduler: str, negative: str,
+                      size: Optional[int]) -> dict:
+    return {"steps": steps, "guidance": guidance, "guidance_from": guidance_from, "scheduler": scheduler,
+            "negative_prompt": negative, "size": size}
 
 
 @commands.command()
@@ -44,6 +49,7 @@ def generate(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per U-Net call.")] = 4,
     steps: _Steps = 30,
     guidance: _Guidance = 7.5,
+    guidance_from: _GuidanceFrom = 0.0,
     scheduler: _Scheduler = "ddim",
     negative: _Negative = "",
     size: _Size = None,
@@ -63,7 +69,7 @@ def generate(
         raise LowbudgetError(f"-n {n} must be at least 1")
     seeds = list(range(seed, seed + n))
     req = SampleRequest(prompt=prompt, seeds=seeds, batch_size=batch_size,
-                        **_sampling_options(steps, guidance, scheduler, negative, size))  # checks the values
+                        **_sampling_options(steps, guidance, guidance_from, scheduler, negative, size))  # checks the values
     pipe, base_info, adapter_info = _pipeline(base, adapters, trust, require_signature)
     check_tokens_known(pipe.tokenizer.get_vocab(), [prompt, negative])  # before a folder is made
     output_folder(output, overwrite=overwrite, command="generate")
@@ -98,6 +104,7 @@ def compose(
         help="Output PNG (strip or grid).")] = Path("runs/compose.png"),
     steps: _Steps = 30,
     guidance: _Guidance = 7.5,
+    guidance_from: _GuidanceFrom = 0.0,
     scheduler: _Scheduler = "ddim",
     negative: _Negative = "",
     size: _Size = None,
@@ -113,7 +120,8 @@ def compose(
 
     if bool(interpolate) == bool(combine):
         raise LowbudgetError("give either --interpolate A --interpolate B or --combine A --combine B ...")
-    req = SampleRequest(prompt="", seeds=list(parse_seeds(seeds)), **_sampling_options(steps, guidance, scheduler, negative, size))
+    req = SampleRequest(prompt="", seeds=list(parse_seeds(seeds)),
+                        **_sampling_options(steps, guidance, guidance_from, scheduler, negative, size))
     ws = parse_weights(weights) if weights else [1.0] * len(combine or [])
     output_file(output, overwrite=overwrite)
     if interpolate and len(interpolate) != 2:
@@ -154,6 +162,7 @@ def inpaint(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/inpainted.png"),
     steps: _Steps = 30,
     guidance: _Guidance = 7.5,
+    guidance_from: _GuidanceFrom = 0.0,
     scheduler: _Scheduler = "ddim",
     negative: _Negative = "",
     size: _Size = None,
@@ -174,7 +183,8 @@ def inpaint(
     pixels, shape = load_input_image(image, work)
     region = box_mask(box, work) if box else png_mask(mask, work, shape)
     job = Inpainting(image=pixels, mask=region, feather=feather_px, strength=strength, paste_back=paste_back)
-    req = SampleRequest(prompt=prompt, seeds=[seed], inpaint=job, **_sampling_options(steps, guidance, scheduler, negative, work))
+    req = SampleRequest(prompt=prompt, seeds=[seed], inpaint=job,
+                        **_sampling_options(steps, guidance, guidance_from, scheduler, negative, work))
     result = sample_with_progress(pipe, req, "inpaint", enabled=not quiet)[0]  # (3, H, W)
     rec = record(req, seed, base_info, adapter_info, inpaint={"image": image.name, "box": box, "feather": feather_px,
                                                                 "strength": strength, "paste_back": paste_back})

@@ -40,6 +40,7 @@ def record(request, seed: int, base: dict[str, str], adapters: list[dict[str, st
         "scheduler": request.scheduler,
         "steps": request.steps,
         "guidance": request.guidance,
+        "guidance_from": request.guidance_from,
         "base_model": base.get("name", ""),
         "base_fingerprint": base.get("fingerprint", ""),
         "adapters": adapters,
