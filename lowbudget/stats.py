@@ -1,4 +1,4 @@
-"""Rank statistics, in one place: averaged ranks, Spearman's rho, ROC AUC (numpy only)."""
+"""Rank statistics and distances, in one place: averaged ranks, Spearman's rho, ROC AUC, total variation (numpy only)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,9 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         raise DataError("AUC needs both classes in the evaluation set")
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
+    """Total variation distance between two distributions over named outcomes: half the summed
+    absolute differences (0 identical, 1 disjoint). An outcome missing from one has probability 0."""
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))

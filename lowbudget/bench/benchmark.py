@@ -23,13 +23,13 @@ from typing import Callable
 
 import numpy as np
 
-from lowbudget.bench.compose_check import compose_checks
+from lowbudget.bench.compose_check import compose_checks, placed_by_side
 from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
 from lowbudget.bench.federated import FederatedConfig, federated
-from lowbudget.bench.tables import markdown_table, save_pngs, save_strip
-from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, detection_rate, fidelity, generate_gray,
-                                      modality_of, open_with, prompts, recognised_rate, train_finding,
-                                      training_rate)
+from lowbudget.bench.tables import ATTRIBUTE_HEADER, ATTRIBUTE_NOTE, attribute_row, markdown_table, save_pngs, save_strip
+from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, attribute_fidelity, detection_rate, fidelity,
+                                      generate_gray, modality_of, open_with, prompts, recognised_rate, request,
+                                      train_finding, training_rate)
 from lowbudget.errors import LowbudgetError
 from lowbudget.evaluate.classifier import ClassifierConfig, downstream
 from lowbudget.evaluate.diversity import diversity
@@ -38,14 +38,16 @@ from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.progress import Progress
+from lowbudget.sampling.sampler import sample
 from lowbudget.viz import write_html
 
 SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity", "methods", "compose", "convergence",
             "federated")
-# Seconds each section took in the full run of benchmarks/PHANTOM_RESULTS.md (2 CPU cores): the
-# weights of the progress display, whose time left is this share of work at this run's pace.
-MEASURED_SECONDS = {"detectors": 8, "base": 54, "fidelity": 182, "sweep": 578, "downstream": 507, "diversity": 11,
-                    "methods": 189, "compose": 120, "convergence": 5920, "federated": 1200}
+# Seconds each section took in benchmarks/PHANTOM_RESULTS.md (2 CPU cores; fidelity and methods
+# as measured with their attribute columns, training included): the weights of the progress
+# display, whose time left is this share of work at this run's pace.
+MEASURED_SECONDS = {"detectors": 8, "base": 54, "fidelity": 678, "sweep": 578, "downstream": 507, "diversity": 11,
+                    "methods": 314, "compose": 120, "convergence": 5920, "federated": 1200}
 
 
 @dataclass
@@ -153,7 +155,7 @@ def _base(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
 
 
 def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    rows, data = [], {}
+    rows, attr_rows, data = [], [], {}
     for finding in cfg.findings:
         t0 = time.perf_counter()
         spec = replace(cfg.token, finding=finding)
@@ -163,14 +165,30 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
         rates = fid["rates"] | {"training_images": training_rate(spec)}
         save_strip(fid["images"]["token"][:8], output / f"fidelity-{finding}.png",
                    title=f"{prompts(finding)['token']} ({', '.join(p.name for p in files)})")
-        data[finding] = {"rates": rates, "files": [str(p) for p in files], "train_seconds": round(trained, 1)}
+        attr = attribute_fidelity(spec, fid["images"]["token"])
+        data[finding] = {"rates": rates, "attributes": attr, "files": [str(p) for p in files],
+                         "train_seconds": round(trained, 1)}
+        attr_rows.append(attribute_row(finding, "ti", attr))
+        if finding == "effusion":  # the side placed by inpainting instead of left to the token
+            placed = data[finding]["placed"] = _placed(cfg, spec, files, fid["seeds"])
+            attr_rows.append(attribute_row(finding, f"ti, inpainted right / left in turn (rate {placed['rate']:.2f})",
+                                           placed["attributes"]))
         rows.append([finding, rates["token"], rates["init"], rates["plain"], rates["training_images"],
                      f"{trained:.0f} + {time.perf_counter() - t0 - trained:.0f} s"])
         log(f"  {finding}: token {rates['token']:.2f}, init word {rates['init']:.2f}, plain {rates['plain']:.2f}")
     header = ["finding", "with token", "initializer word alone", "plain prompt", "training images", "time (train + sample)"]
     notes = [f"{cfg.n_eval} images per prompt; TI, {cfg.token.n_vectors} vectors, {cfg.token.n_images} images, "
              f"{cfg.token.steps} steps; targets: >= 0.80 with token, <= 0.20 without."]
-    return markdown_table(header, rows) + [""] + notes, data
+    return markdown_table(header, rows) + ["", *notes, "", "How the finding appears, with the token:", "",
+                                           *markdown_table(ATTRIBUTE_HEADER, attr_rows), "", ATTRIBUTE_NOTE], data
+
+
+def _placed(cfg: BenchmarkConfig, spec: TokenSpec, files: list[Path], seeds: list[int]) -> dict:
+    """The effusion token inpainted into the right and left lower lung in turn, on the base's
+    own plain-prompt chests: the side placed instead of left to the token."""
+    healthy = sample(open_with([]), request(cfg.sampling, prompts(spec.finding)["plain"], seeds))  # (N, 3, 64, 64)
+    placed = placed_by_side(open_with(files), prompts(spec.finding)["token"], healthy, cfg.sampling, seeds)
+    return {"rate": detection_rate(spec.finding, placed), "attributes": attribute_fidelity(spec, placed)}
 
 
 def _sweep(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -237,19 +255,23 @@ def _diversity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict
 
 
 def _methods(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    rows, data = [], {}
+    rows, attr_rows, data = [], [], {}
     for method in ("ti", "lora", "ti+lora"):
         t0 = time.perf_counter()
         spec = replace(cfg.token, finding=cfg.sweep_finding, method=method)
         run = cfg.sweep_finding if method == "ti" else f"method-{method.replace('+', '-')}"  # TI = the fidelity run
         files = train_finding(spec, output / "runs" / run)
-        rates = fidelity(spec, files, n=cfg.n_eval, sampling=cfg.sampling, kinds=("token", "plain"))["rates"]
+        fid = fidelity(spec, files, n=cfg.n_eval, sampling=cfg.sampling, kinds=("token", "plain"))
+        rates, attr = fid["rates"], attribute_fidelity(spec, fid["images"]["token"])
         size = sum(p.stat().st_size for p in files)
-        data[method] = {"rates": rates, "bytes": size, "seconds": round(time.perf_counter() - t0, 1)}
+        data[method] = {"rates": rates, "attributes": attr, "bytes": size, "seconds": round(time.perf_counter() - t0, 1)}
+        attr_rows.append(attribute_row(cfg.sweep_finding, method, attr))
         rows.append([method, rates["token"], rates["plain"], f"{size / 1024:.0f} KiB", f"{time.perf_counter() - t0:.0f} s"])
         log(f"  {method}: {rates['token']:.2f}")
     header = ["method", "finding rate (adapter)", "plain prompt, no adapter", "file size", "time (train + sample)"]
-    return markdown_table(header, rows) + ["", f"{cfg.sweep_finding}; LoRA rows use the plain prompt (LoRA has no token)."], data
+    notes = [f"{cfg.sweep_finding}; LoRA rows use the plain prompt (LoRA has no token)."]
+    return markdown_table(header, rows) + ["", *notes, "", *markdown_table(ATTRIBUTE_HEADER, attr_rows), "",
+                                           ATTRIBUTE_NOTE], data
 
 
 def _compose(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:

@@ -152,8 +152,7 @@ def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 
     """One healthy phantom per seed; the box covers the lower half of the patient's right lung.
     ``watch`` sees every sampling step."""
     size = 64
-    x0, x1 = int((chest.LUNG_CX["right"] - 1.3 * chest.LUNG_HALF_WIDTH) * size), int(0.47 * size)
-    y0, y1 = int(0.45 * size), int((chest.LUNG_BASE["right"] + 0.06) * size)
+    x0, y0, x1, y1 = effusion_box("right", size)
     mask = box_mask(f"{x0},{y0},{x1},{y1}", size)  # (1, 1, 64, 64)
     outside = (soften(mask.float(), feather) == 0)[0, 0].numpy()
     cut = detectors.threshold("chest", "effusion")
@@ -171,6 +170,26 @@ def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 
     return {"box": [x0, y0, x1, y1], "detected_in_mask": float(np.mean(inside)),
             "pixels_changed_outside": int(sum(changed)), "images": np.stack(results),
             "originals": np.stack([p.image for p in healthy])}
+
+
+def effusion_box(side: str, size: int = 64) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 in pixels: the lower half of the patient's ``side`` lung, to the midline."""
+    x0, x1 = int((chest.LUNG_CX["right"] - 1.3 * chest.LUNG_HALF_WIDTH) * size), int(0.47 * size)
+    y0, y1 = int(0.45 * size), int((chest.LUNG_BASE[side] + 0.06) * size)
+    return (x0, y0, x1, y1) if side == "right" else (size - x1, y0, size - x0, y1)  # image right = patient left
+
+
+def placed_by_side(pipe, prompt: str, healthy: torch.Tensor, sampling: Sampling, seeds: list[int],
+                   feather: int = 4) -> np.ndarray:
+    """(N, 64, 64) effusion images whose side is chosen, not left to the prompt: ``prompt``
+    inpaints the lower half of one lung of each ``healthy`` image (N, 3, 64, 64), right and left
+    in turn. Measures what placing the finding gives when an adapter cannot carry its side."""
+    out = []
+    for k, (seed, image) in enumerate(zip(seeds, healthy)):
+        x0, y0, x1, y1 = effusion_box(chest.SIDES[k % 2], 64)
+        job = Inpainting(image=image[None], mask=box_mask(f"{x0},{y0},{x1},{y1}", 64), feather=feather, paste_back=True)
+        out.append(sample(pipe, replace(request(sampling, prompt, [seed]), inpaint=job))[0].mean(dim=0))
+    return torch.stack(out).cpu().numpy()
 
 
 def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:

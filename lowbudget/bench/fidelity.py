@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from lowbudget.phantoms import detectors
+from lowbudget.phantoms import attributes, detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.recipe import DataConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig, Recipe, TokenConfig
 from lowbudget.sampling.outputs import open_pipeline
@@ -53,6 +53,7 @@ class Sampling:
 
     steps: int = 25
     guidance: float = 5.0  # picked over 3.0 and 7.5 on the nodule and lesion rows (PHANTOM_RESULTS.md)
+    guidance_from: float = 0.0  # share of the steps run unguided (SampleRequest.guidance_from)
     scheduler: str = "ddim"
     batch_size: int = 16
 
@@ -134,7 +135,7 @@ def prompts(finding: str, with_adapter: bool = True) -> dict[str, str]:
 
 def request(sampling: Sampling, prompt: str, seeds: list[int]) -> SampleRequest:
     return SampleRequest(prompt=prompt, seeds=seeds, steps=sampling.steps, guidance=sampling.guidance,
-                         scheduler=sampling.scheduler, batch_size=sampling.batch_size)
+                         guidance_from=sampling.guidance_from, scheduler=sampling.scheduler, batch_size=sampling.batch_size)
 
 
 def generate_gray(pipe, prompt: str, seeds: list[int], sampling: Sampling, watch: Watch | None = None) -> np.ndarray:
@@ -151,11 +152,21 @@ def recognised_rate(modality: str, images: np.ndarray) -> float:
     return float(np.mean([detectors.recognise(im) == modality for im in images]))
 
 
+def training_images(spec: TokenSpec, size: int = 64) -> list[np.ndarray]:
+    """The images ``spec`` trains on (generated phantoms of its finding)."""
+    drawn = "none" if spec.finding.startswith("healthy-") else spec.finding
+    return [p.image for p in generate(modality_of(spec.finding), drawn, n=spec.n_images, size=size, seed=spec.data_seed)]
+
+
 def training_rate(spec: TokenSpec, size: int = 64) -> float:
     """Detector rate on the training images themselves: the ceiling a faithful token can reach."""
-    images = [p.image for p in generate(modality_of(spec.finding), spec.finding, n=spec.n_images, size=size,
-                                        seed=spec.data_seed)]
-    return detection_rate(spec.finding, np.stack(images))
+    return detection_rate(spec.finding, np.stack(training_images(spec, size)))
+
+
+def attribute_fidelity(spec: TokenSpec, images: np.ndarray) -> dict:
+    """Sides and other findings of ``images`` against ``spec``'s training images, with the floor
+    a second real set of the same size gives (:func:`lowbudget.phantoms.attributes.compare`)."""
+    return attributes.compare(modality_of(spec.finding), spec.finding, images, training_images(spec, images.shape[-1]))
 
 
 def open_with(adapters: list[Path], base: str = ""):

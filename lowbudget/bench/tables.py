@@ -44,3 +44,26 @@ def save_inpainting_panel(originals: np.ndarray, results: np.ndarray, box: Seque
     grid = image_grid(rows, ["input", "mask (red box)", "output"], column_labels=[f"seed {s}" for s in seeds],
                       title=title)
     save_png(grid, path)
+
+
+ATTRIBUTE_HEADER = ["finding", "adapter", "sides R / L / both: generated", "training set", "side TV",
+                    "second real set: TV mean (95th pct)", "other findings flagged (generated)", "leakage",
+                    "second real set: leakage mean (95th pct)"]
+
+
+def attribute_row(finding: str, adapter: str, attr: dict) -> list:
+    """A row of :data:`ATTRIBUTE_HEADER` from :func:`lowbudget.phantoms.attributes.compare`."""
+    sides = lambda d: " / ".join(f"{d[k]:.2f}" for k in ("right", "left", "both"))  # noqa: E731
+    floor = lambda d: f"{d['mean']:.2f} ({d['p95']:.2f})"  # noqa: E731
+    sided = attr["side_tv"] is not None
+    others = ", ".join(f"{f} {r:.2f}" for f, r in attr["others_generated"].items() if r > 0) or "none"
+    side_columns = [sides(attr["sides_generated"]), sides(attr["sides_training"]), f"{attr['side_tv']:.2f}",
+                    floor(attr["side_tv_floor"])] if sided else ["-"] * 4
+    return [finding, adapter, *side_columns, others, f"{attr['leakage']:.2f}", floor(attr["leakage_floor"])]
+
+
+ATTRIBUTE_NOTE = ("Sides: per-side detectors with thresholds calibrated on phantoms with the finding on one side, "
+                  "the other or neither (share among images where a side was read); side TV: total variation "
+                  "distance to the training set's sides. Leakage: share of images flagged with a finding the "
+                  "training set does not have. Second real set: 20 fresh real sets of the same size against the "
+                  "same training set, the spread a faithful generator stays within.")

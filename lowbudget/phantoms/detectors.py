@@ -95,18 +95,28 @@ def cardiothoracic_ratio(img: np.ndarray) -> float:
     return (right - left + 1) / size / chest.THORAX_WIDTH
 
 
-def nodule(img: np.ndarray) -> float:
+def nodule_sides(img: np.ndarray) -> dict[str, float]:
+    """Per lung: the strongest difference-of-Gaussians peak inside it."""
     size = img.shape[0]
     scale = size / 64
     dog = blur(img, 1.3 * scale) - blur(img, 3.5 * scale)
-    region = np.zeros_like(img, bool)
+    out = {}
     for side in chest.SIDES:
         lung, lateral, y = _lung_regions(size, side)
-        region |= lung & (lateral > 0.1) & (lateral < 0.9) & (y > 0.24) & (y < 0.6)
-    return float(dog[region].max())
+        region = lung & (lateral > 0.1) & (lateral < 0.9) & (y > 0.24) & (y < 0.6)
+        out[side] = float(dog[region].max())
+    return out
 
 
-def lesion(img: np.ndarray) -> float:
+def nodule(img: np.ndarray) -> float:
+    return max(nodule_sides(img).values())
+
+
+def lesion_sides(img: np.ndarray) -> dict[str, float]:
+    """Per side of the gland: the zone's median minus the darkest focus on that side.
+
+    The median is the whole zone's, so a side with no focus scores what its own texture gives.
+    """
     size = img.shape[0]
     x, y = grid(size)
     # The gland's size varies: take the scale whose peripheral zone is brightest.
@@ -115,13 +125,23 @@ def lesion(img: np.ndarray) -> float:
     pz = max(zones, key=lambda m: img[m].mean())
     core = pz & (blur(pz.astype(float), 1.0 * size / 64) > 0.8)  # away from the zone's edges
     smooth = blur(img, 0.8 * size / 64)
-    return float(np.median(smooth[core]) - smooth[core].min())
+    median = np.median(smooth[core])
+    patient_left = x > prostate.GLAND_CENTER[0]  # image right is the patient's left
+    return {"right": float(median - smooth[core & ~patient_left].min()),
+            "left": float(median - smooth[core & patient_left].min())}
+
+
+def lesion(img: np.ndarray) -> float:
+    return max(lesion_sides(img).values())
 
 
 DETECTORS: dict[str, dict[str, Detector]] = {
     "chest": {"effusion": effusion, "pneumothorax": pneumothorax, "cardiomegaly": cardiothoracic_ratio, "nodule": nodule},
     "prostate": {"lesion": lesion},
 }
+# Findings drawn on one side: their detector's score per side ("right", "left"; the patient's).
+SIDE_DETECTORS: dict[str, Callable[[np.ndarray], dict[str, float]]] = {
+    "effusion": effusion_sides, "pneumothorax": pneumothorax_sides, "nodule": nodule_sides, "lesion": lesion_sides}
 
 
 def score(modality: str, finding: str, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -141,7 +161,11 @@ def _calibration_sets(modality: str, finding: str, size: int, n: int, seed: int,
 def threshold(modality: str, finding: str, size: int = 64, n: int = 200, seed: int = 1000,
               prevalence: float = 0.1) -> float:
     """Score threshold with the best balanced accuracy on freshly generated phantoms (mid-range)."""
-    pos, neg = _calibration_sets(modality, finding, size, n, seed, prevalence)
+    return best_cut(*_calibration_sets(modality, finding, size, n, seed, prevalence))
+
+
+def best_cut(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The score cut with the best balanced accuracy between ``pos`` and ``neg`` (mid-range)."""
     candidates = np.sort(np.concatenate([pos, neg]))
     cuts = (candidates[1:] + candidates[:-1]) / 2
     balanced = np.array([(pos > c).mean() + (neg <= c).mean() for c in cuts])
