@@ -11,6 +11,8 @@
   inpainting     a healthy phantom, a box over one lower lung, prompt with <effusion>: the
                  effusion detector flags that side; with paste-back no pixel outside the
                  feathered box changes
+  placed         (used by the fidelity section) the effusion inpainted into the right and the
+                 left lower lung in turn: its side chosen rather than left to the adapter
 """
 
 from __future__ import annotations
