@@ -75,13 +75,17 @@ class TokenSpec:
     long_captions: str = ""  # data.long_captions; "" = "trim" for tokens over 48 vectors, else "error"
 
 
+def drawn(spec: TokenSpec) -> str:
+    """The finding ``spec``'s training phantoms show: its own, or none for a healthy token."""
+    return "none" if spec.finding.startswith("healthy-") else spec.finding
+
+
 def token_recipe(spec: TokenSpec, output: Path, base: str = "", data: Path | None = None) -> Recipe:
     """The recipe a user would write for ``spec``: generated phantoms (or the phantom folder
     ``data``), embedded base."""
     modality = modality_of(spec.finding)
     tokens = [] if spec.method == "lora" else [
         TokenConfig(name=token_name(spec.finding), init=init_word(spec.finding), n_vectors=spec.n_vectors)]
-    drawn = "none" if spec.finding.startswith("healthy-") else spec.finding  # healthy: no finding at all
     fmt = "{caption}" if spec.method == "lora" else "{caption} with {token}"
     # A phantom caption is up to ~24 CLIP tokens: with 64 vectors it would pass the 77-token
     # limit. Long tokens keep the captions, shortened to fit: on the modality template instead,
@@ -89,7 +93,7 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "", data: Path | Non
     captions = spec.captions
     long_captions = spec.long_captions or ("trim" if spec.n_vectors > 48 else "error")
     return Recipe(
-        data=DataConfig(phantoms="" if data else f"{modality}/{drawn}", path=str(data or ""), phantoms_n=spec.n_images,
+        data=DataConfig(phantoms="" if data else f"{modality}/{drawn(spec)}", path=str(data or ""), phantoms_n=spec.n_images,
                         phantoms_seed=spec.data_seed, modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
                         long_captions=long_captions,
                         templates=[fmt.replace("{caption}", MODALITIES[modality].plain_prompt)]),
@@ -154,8 +158,8 @@ def recognised_rate(modality: str, images: np.ndarray) -> float:
 
 def training_images(spec: TokenSpec, size: int = 64) -> list[np.ndarray]:
     """The images ``spec`` trains on (generated phantoms of its finding)."""
-    drawn = "none" if spec.finding.startswith("healthy-") else spec.finding
-    return [p.image for p in generate(modality_of(spec.finding), drawn, n=spec.n_images, size=size, seed=spec.data_seed)]
+    return [p.image for p in generate(modality_of(spec.finding), drawn(spec), n=spec.n_images, size=size,
+                                      seed=spec.data_seed)]
 
 
 def training_rate(spec: TokenSpec, size: int = 64) -> float:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 
+from lowbudget.errors import LowbudgetError
+
 # Flower reports usage to its makers' server unless told not to; a hospital's federation tells
 # no one. Set before flwr is first imported (it reads the variable at import).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -35,7 +37,6 @@ def _flower_says(record: logging.LogRecord) -> bool:
 
 logging.getLogger("flwr").addFilter(_flower_says)  # lowbudget's own lines say what each round did
 
-from lowbudget.errors import LowbudgetError  # noqa: E402
 from lowbudget.federation.config import FederationConfig  # noqa: E402
 from lowbudget.federation.server import serve  # noqa: E402
 from lowbudget.federation.simulate import simulate  # noqa: E402

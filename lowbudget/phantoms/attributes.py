@@ -16,7 +16,6 @@ times. A generated set is faithful when its distance is within that floor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -86,21 +85,6 @@ def other_rate(flags: dict[str, np.ndarray], exclude: tuple[str, ...] = ()) -> f
     return float(np.any(kept, axis=0).mean()) if kept else 0.0
 
 
-@dataclass
-class Profile:
-    """What a set of images shows besides the finding's rate."""
-
-    sides: dict[str, float]  # side_distribution
-    n_sided: int  # images where a side was read
-    others: dict[str, float]  # rate per other finding
-
-    @classmethod
-    def of(cls, modality: str, finding: str, images: list[np.ndarray] | np.ndarray) -> "Profile":
-        read = sides(modality, finding, images)
-        return cls(side_distribution(read), sum(v is not None for v in read),
-                   {f: float(v.mean()) for f, v in others(modality, finding, images).items()})
-
-
 def compare(modality: str, finding: str, generated: np.ndarray, training: list[np.ndarray], *,
             floor_sets: int = 20, floor_seed: int = 60_000) -> dict:
     """Side distance and leakage of ``generated`` against ``training``, with their floors.
@@ -110,12 +94,11 @@ def compare(modality: str, finding: str, generated: np.ndarray, training: list[n
     len(generated) phantoms of the same finding (the training set's generator, other seeds) and
     reports the mean and 95th percentile of the same two figures.
     """
-    modality_findings = MODALITIES[modality].findings
     train_flags = others(modality, finding, training)
     present = tuple(f for f, v in train_flags.items() if v.mean() > 0.05)  # the training set has these
     train_sides = side_distribution(sides(modality, finding, training))
-    gen = Profile.of(modality, finding, generated)
-    gen_leak = other_rate(others(modality, finding, generated), present)
+    gen_read, gen_flags = sides(modality, finding, generated), others(modality, finding, generated)
+    gen_sides = side_distribution(gen_read)
     tv, leak = [], []
     for k in range(floor_sets):
         real = [p.image for p in generate(modality, finding, n=len(generated), size=generated[0].shape[0],
@@ -124,12 +107,13 @@ def compare(modality: str, finding: str, generated: np.ndarray, training: list[n
         leak.append(other_rate(others(modality, finding, real), present))
     sided = finding in detectors.SIDE_DETECTORS
     return {
-        "sides_generated": gen.sides, "sides_training": train_sides, "n_sided": gen.n_sided,
-        "side_tv": total_variation(gen.sides, train_sides) if sided else None,
+        "sides_generated": gen_sides, "sides_training": train_sides, "n_sided": sum(v is not None for v in gen_read),
+        "side_tv": total_variation(gen_sides, train_sides) if sided else None,
         "side_tv_floor": _floor(tv) if sided else None,
-        "others_generated": gen.others, "others_training": {f: float(v.mean()) for f, v in train_flags.items()},
-        "leakage": gen_leak, "leakage_training": other_rate(train_flags, present), "leakage_floor": _floor(leak),
-        "excluded": list(present), "findings": list(modality_findings),
+        "others_generated": {f: float(v.mean()) for f, v in gen_flags.items()},
+        "others_training": {f: float(v.mean()) for f, v in train_flags.items()},
+        "leakage": other_rate(gen_flags, present), "leakage_training": other_rate(train_flags, present),
+        "leakage_floor": _floor(leak), "excluded": list(present), "findings": list(MODALITIES[modality].findings),
     }
 
 
