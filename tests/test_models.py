@@ -74,6 +74,29 @@ def test_single_file_family_detection_and_errors(tmp_path):
         load_base(junk)
 
 
+@pytest.mark.parametrize("in_channels, kind", [(4, "an SDXL model"), (9, "an SDXL inpainting model")])
+def test_sdxl_checkpoints_are_named_as_sdxl(tmp_path, monkeypatch, capsys, in_channels, kind):
+    """SDXL is recognised, single file (original keys) and folder alike, and refused by name,
+    not with a shape error from deep inside the U-Net."""
+    from safetensors.torch import save_file
+
+    from helpers import assert_one_line_error, run
+
+    single = tmp_path / "sdxl.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, in_channels, 3, 3),
+               "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(2, 768),
+               "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 1280)}, single)
+    with pytest.raises(ModelError, match=f"is {kind} \\(two text encoders, 768 \\+ 1280 wide\\)"):
+        load_base(single)
+    folder = tmp_path / "sdxl-folder"
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        (folder / part).mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"in_channels": in_channels}))
+    code, _, err = run(monkeypatch, capsys, "generate", "x", "--base", folder, "-n", 1, "--output", tmp_path / "out")
+    assert_one_line_error(code, err, f"is {kind} .* SD 1.x and SD 2.x bases only")
+
+
 @pytest.mark.parametrize("shape,width,prediction", [("sd15", 768, "epsilon"), ("sd21", 1024, "v_prediction")])
 def test_single_file_config_folders_are_complete_offline(tmp_path, shape, width, prediction):
     folder = config_folder(shape, tmp_path)

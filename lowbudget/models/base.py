@@ -18,6 +18,13 @@ def family_of_width(width: int) -> str:
     return FAMILIES.get(width, "custom")
 
 
+def sdxl_not_supported(source: str, inpainting: bool) -> str:
+    """The message for an SDXL base: named by family, so the user knows what was recognised."""
+    kind = "an SDXL inpainting" if inpainting else "an SDXL"
+    return (f"base model '{source}' is {kind} model (two text encoders, 768 + 1280 wide); lowbudget trains and "
+            "samples on SD 1.x and SD 2.x bases only so far: use one of those as --base")
+
+
 def describe_width(width: int) -> str:
     """'768 (SD 1.x)' -- the form every width message uses."""
     known = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL's second text encoder"}

@@ -4,7 +4,8 @@ Accepted: a diffusers folder (``model_index.json`` with ``unet/ vae/ text_encode
 scheduler/``) or a single-file SD 1.x / 2.x checkpoint (``.safetensors``). Nothing is ever
 fetched from a hub: every ``from_pretrained`` call is ``local_files_only``, and single-file
 checkpoints get their component configs from :mod:`lowbudget.models.architectures`.
-Leaving the path empty selects the embedded base model.
+Leaving the path empty selects the embedded base model. SDXL folders and files are recognised
+and refused with a message that names the family (and the inpainting variant).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from lowbudget.errors import ModelError, quote
-from lowbudget.models.base import FAMILY_NAMES, BaseModel, describe_width
+from lowbudget.models.base import FAMILY_NAMES, BaseModel, describe_width, sdxl_not_supported
 from lowbudget.models.embedded import EMBEDDED, embedded_base_path
 from lowbudget.models.single_file import load_single_file
 
@@ -74,6 +75,7 @@ def _load_folder(path: Path) -> BaseModel:
         raise ModelError(
             f"base model folder '{path}' has no model_index.json; expected a diffusers Stable Diffusion folder"
         )
+    _refuse_sdxl(path)
     missing = [part for part in _FOLDER_PARTS if not (path / part).is_dir()]
     if missing:
         raise ModelError(f"base model folder '{path}' lacks the subfolder(s) {', '.join(missing)}")
@@ -91,10 +93,24 @@ def _load_folder(path: Path) -> BaseModel:
     return BaseModel.from_parts(path.name, str(path), **parts, scheduler_config=_read_scheduler_config(path / "scheduler"))
 
 
+def _refuse_sdxl(path: Path) -> None:
+    """An SDXL folder (a second text encoder; StableDiffusionXL[Inpaint]Pipeline) is named as one,
+    instead of failing later on a cross-attention width of 2048."""
+    pipeline = str(_read_json(path / "model_index.json").get("_class_name", ""))
+    if (path / "text_encoder_2").is_dir() or pipeline.startswith("StableDiffusionXL"):
+        unet_config = path / "unet" / "config.json"
+        in_channels = _read_json(unet_config).get("in_channels") if unet_config.is_file() else None
+        raise ModelError(sdxl_not_supported(str(path), inpainting=in_channels == 9 or "Inpaint" in pipeline))
+
+
 def _read_scheduler_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "scheduler_config.json"
     if not config_file.is_file():
         raise ModelError(f"base model scheduler folder '{folder}' has no scheduler_config.json")
+    return _read_json(config_file)
+
+
+def _read_json(config_file: Path) -> dict[str, Any]:
     try:
         config = json.loads(config_file.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from lowbudget.errors import ModelError, quote
 from lowbudget.models.architectures import get_shape
-from lowbudget.models.base import BaseModel
+from lowbudget.models.base import BaseModel, sdxl_not_supported
 from lowbudget.models.embedded import cache_dir
 from lowbudget.models.tokenizer import clip_tokenizer
 
@@ -24,6 +24,8 @@ from lowbudget.models.tokenizer import clip_tokenizer
 _SD1_TOKEN_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 _SD2_TOKEN_KEY = "cond_stage_model.model.token_embedding.weight"
 _UNET_PREFIX = "model.diffusion_model."
+_SDXL_PREFIX = "conditioner.embedders."  # SDXL's two text encoders (the refiner's one) live here
+_UNET_INPUT_KEY = _UNET_PREFIX + "input_blocks.0.0.weight"  # (320, 4 or 9, 3, 3): 9 = inpainting
 
 
 def detect_family(path: Path) -> str:
@@ -40,12 +42,15 @@ def detect_family(path: Path) -> str:
                 return "sd15"
             if _SD2_TOKEN_KEY in keys:
                 return "sd21"
+            if any(k.startswith(_SDXL_PREFIX) for k in keys):
+                inpainting = _UNET_INPUT_KEY in keys and fh.get_slice(_UNET_INPUT_KEY).get_shape()[1] == 9
+                raise ModelError(sdxl_not_supported(str(path), inpainting))
     except ModelError:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ModelError(f"cannot read '{path}' as safetensors: {quote(exc)}") from exc
     raise ModelError(
-        f"'{path}' holds a U-Net but no SD 1.x or SD 2.x text encoder; SDXL and other families are not supported"
+        f"'{path}' holds a U-Net but no SD 1.x, SD 2.x or SDXL text encoder; expected a single-file SD 1.x or 2.x .safetensors"
     )
 
 
