@@ -6,7 +6,8 @@ Sections (each timed, each a markdown table in ``results.md`` and a key in ``res
   base        the embedded base with plain prompts: anatomy recognised, findings' base rates
   fidelity    per finding: detector rate with the learned token / its initializer word / plain
   sweep       vectors per token x training images (the paper's finding: more of both helps)
-  downstream  classifier AUC on held-out real phantoms: N real, N real + 10N synthetic, 10N synthetic
+  downstream  gain in classifier AUC from 10N synthetic images over N scarce real ones, paired
+              replicates, a 95% interval (lowbudget.bench.downstream)
   diversity   within-prompt MS-SSIM (4 images, 6 pairs) of generated vs real phantoms
   methods     TI vs LoRA vs TI+LoRA on the same data and steps
   compose     interpolation monotonicity, combination and inpainting rates (lowbudget.bench.compose_check)
@@ -24,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from lowbudget.bench.compose_check import compose_checks, placed_by_side
+from lowbudget.bench.downstream import DownstreamConfig, downstream_gain
 from lowbudget.bench.convergence import TARGET, ConvergenceConfig, claim_holds, convergence, summary_row
 from lowbudget.bench.federated import FederatedConfig, federated
 from lowbudget.bench.tables import ATTRIBUTE_HEADER, ATTRIBUTE_NOTE, attribute_row, markdown_table, save_pngs, save_strip
@@ -31,9 +33,7 @@ from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, attribute
                                       generate_gray, modality_of, open_with, prompts, recognised_rate, request,
                                       train_finding, training_rate)
 from lowbudget.errors import LowbudgetError
-from lowbudget.evaluate.classifier import ClassifierConfig, downstream
 from lowbudget.evaluate.diversity import diversity
-from lowbudget.evaluate.images import labelled_images
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
@@ -61,10 +61,7 @@ class BenchmarkConfig:
     sweep_vectors: tuple[int, ...] = (1, 4, 16, 64)
     sweep_images: tuple[int, ...] = (5, 10, 50, 100)
     sweep_eval: int = 16
-    downstream_real: int = 40  # N (half of each class)
-    downstream_test: int = 200
-    downstream_steps: int = 300
-    downstream_seeds: tuple[int, ...] = (0, 1, 2)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)  # finding, token, sampling set per run
     diversity_groups: int = 8
     compose_seeds: int = 8
     convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
@@ -210,30 +207,22 @@ def _sweep(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
 
 def _downstream(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
     finding = cfg.sweep_finding
-    modality = modality_of(finding)
-    n = cfg.downstream_real
-    real = _write_class_folders(output / "downstream" / "real", modality, finding, n // 2, seed=30_000)
-    test = _write_class_folders(output / "downstream" / "test", modality, finding, cfg.downstream_test // 2, seed=31_000)
-    spec = replace(cfg.token, finding=finding)
-    files = train_finding(spec, output / "runs" / finding)
-    pipe = open_with(files)
-    seeds = list(range(40_000, 40_000 + 5 * n))  # 10N synthetic: 5N per class
-    prompts = {finding: f"{MODALITIES[modality].plain_prompt} with <{finding}>", "none": MODALITIES[modality].plain_prompt}
-    syn = output / "downstream" / "synthetic"
-    for label, prompt in prompts.items():
-        save_pngs(generate_gray(pipe, prompt, seeds, cfg.sampling), syn / label)
-
-    classes = ["none", finding]
-    ccfg = ClassifierConfig(size=64, steps=cfg.downstream_steps, seeds=cfg.downstream_seeds, eval_every=50)
-    result = downstream(labelled_images(real, classes=classes), labelled_images(syn, classes=classes),
-                        labelled_images(test, classes=classes), cfg=ccfg, log=lambda s: log("  " + s))
-    rows = [[name, s["n_train"], f"{s['auc_mean']:.3f} ± {s['auc_std']:.3f}"] for name, s in result["settings"].items()]
-    notes = ["", f"{finding} vs none; test: {cfg.downstream_test} held-out real phantoms; synthetic positives from the "
-             f"learned token, negatives from the plain prompt; ResNet-18, {cfg.downstream_steps} steps, "
-             f"seeds {list(cfg.downstream_seeds)}. The paper: 0.780 -> 0.803 (200 real + 2000 synthetic), 0.766 synthetic only."]
-    data = {k: {"n_train": v["n_train"], "auc_mean": v["auc_mean"], "auc_std": v["auc_std"], "aucs": v["aucs"]}
-            for k, v in result["settings"].items()}
-    return markdown_table(["training set", "images", "test AUC (mean ± std)"], rows) + notes, data
+    dcfg = replace(cfg.downstream, finding=finding, token=replace(cfg.token, finding=finding), sampling=cfg.sampling)
+    result = downstream_gain(dcfg, output, log)
+    rows = [[f"{r['replicates'][0]['n_train']} + {r['replicates'][0]['n_val']}", r["replicates"][0]["n_synthetic"],
+             len(r["replicates"]), r["auc_real"], r["auc_real_synthetic"],
+             f"{r['gain_mean']:+.3f} [{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]",
+             f"{r['positive']} of {len(r['replicates'])}", r["verdict"]] for r in result.values()]
+    header = ["real images (train + validation)", "synthetic", "replicates", "AUC real", "AUC real + synthetic",
+              "gain, mean [95% CI]", "replicates gaining", "verdict"]
+    c = dcfg.classifier
+    notes = ["", f"{finding} vs none. A replicate is one site: its real phantoms drawn afresh, a token ({dcfg.token.n_vectors} "
+             f"vectors, {dcfg.token.steps} steps) trained on its real positives only, {dcfg.ratio}x synthetic (half token "
+             f"prompt, half plain prompt from a shared pool), one classifier seed for both training sets (ResNet-18 at width "
+             f"{c.width}, {c.steps} steps, best validation AUC kept); test: the same {dcfg.n_test} held-out real phantoms. "
+             "Gain = AUC(real + synthetic) - AUC(real), paired per replicate; Student's t interval over replicates. "
+             "The paper: 0.780 -> 0.803 (200 real + 2000 synthetic)."]
+    return markdown_table(header, rows) + notes, {str(n): r for n, r in result.items()}
 
 
 def _diversity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
@@ -304,11 +293,3 @@ def _federated(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict
 _RUNNERS = {"detectors": _detectors, "base": _base, "fidelity": _fidelity, "sweep": _sweep,
             "downstream": _downstream, "diversity": _diversity, "methods": _methods, "compose": _compose,
             "convergence": _convergence, "federated": _federated}
-
-
-def _write_class_folders(folder: Path, modality: str, finding: str, per_class: int, seed: int) -> Path:
-    for label, seed_offset in ((finding, 0), ("none", 1)):
-        images = [p.image for p in generate(modality, label, n=per_class, seed=seed + seed_offset)
-                  if label != "none" or not p.labels.get(finding)]
-        save_pngs(np.stack(images), folder / label)
-    return folder

@@ -58,7 +58,7 @@ def _tensors(images: LabelledImages, idx: list[int], size: int) -> tuple[torch.T
     return x, torch.tensor([images.labels[i] for i in idx])
 
 
-def _split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Stratified split of indices: (rest, held out)."""
     rng = random.Random(seed)
     rest, held = [], []
@@ -127,11 +127,11 @@ def downstream(real: LabelledImages, synthetic: LabelledImages | None = None, te
     classes = real.classes
     real_idx = list(range(len(real.paths)))
     if test is None:  # a fixed real test set, the same for every setting and seed
-        real_idx, test_idx = _split(real.labels, cfg.test_fraction, seed=12345)
+        real_idx, test_idx = split(real.labels, cfg.test_fraction, seed=12345)
         test_set = _tensors(real, test_idx, cfg.size)
     else:
         test_set = _tensors(test, list(range(len(test.paths))), cfg.size)
-    train_idx, val_idx = _split([real.labels[i] for i in real_idx], cfg.val_fraction, seed=54321)
+    train_idx, val_idx = split([real.labels[i] for i in real_idx], cfg.val_fraction, seed=54321)
     train_idx, val_idx = [real_idx[i] for i in train_idx], [real_idx[i] for i in val_idx]
     val_set = _tensors(real, val_idx, cfg.size)
     real_x, real_y = _tensors(real, train_idx, cfg.size)
