@@ -129,3 +129,22 @@ def test_single_file_checkpoint_loads_like_its_folder(tmp_path, tiny_base, monke
         for key in a:
             assert torch.equal(a[key].reshape(b[key].shape), b[key]), f"{part}.{key}"
     assert single.fingerprint == folder.fingerprint
+
+
+def test_sdxl_lora_sizes_are_counted_on_the_meta_device():
+    """benchmarks/sdxl_sizes.py against arithmetic: cross-kv at rank r is, per cross-attention
+    block, two projections of A (r x text width) and B (U-Net width x r). SDXL has 10 blocks at
+    width 640 and 60 at 1280 over a text width of 2048; SD 1.5 two blocks per level at 320, 640,
+    1280 down, three up, one in the middle, over 768."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sdxl_sizes.py")], capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    rows = {(cells[1], cells[4]): int(cells[5].replace(",", "")) for line in out.splitlines()
+            if len(cells := [c.strip() for c in line.split("|")]) > 5 and cells[4].isdigit()}
+    kv = lambda blocks, width, text, r: blocks * 2 * (r * text + width * r)  # noqa: E731
+    assert rows[("SDXL", "4")] == kv(10, 640, 2048, 4) + kv(60, 1280, 2048, 4) == 1_812_480
+    assert rows[("SD 1.5", "4")] == kv(5, 320, 768, 4) + kv(5, 640, 768, 4) + kv(6, 1280, 768, 4) == 198_144

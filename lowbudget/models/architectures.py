@@ -172,6 +172,27 @@ PHANTOM = Shape(
     },
 )
 
+# SDXL base 1.0's U-Net: three levels, 2 and 10 transformer layers per block in the lower two,
+# cross-attention over both text encoders' states (768 + 1280 = 2048), and the pooled text
+# embedding plus six size/crop numbers (1280 + 6 x 256 = 2816) added to the time embedding. Not a
+# Shape yet (that needs the second text encoder): benchmarks/sdxl_sizes.py counts it on the meta device.
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
 SHAPES = {s.name: s for s in (SD15, SD21, TINY, PHANTOM)}
 
 
