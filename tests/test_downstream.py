@@ -47,14 +47,14 @@ def test_the_verdict_reads_the_interval():
 
 
 @pytest.mark.parametrize("change, message", [({"n_real": (7,)}, "n_real 7"), ({"replicates": 1}, "replicates 1"),
-                                             ({"ratio": 0}, "ratio 0")])
+                                             ({"ratio": 0}, "ratio 0"), ({"pool": 100}, "pool 100: expected at least .* 160")])
 def test_bad_settings_name_the_value(change, message):
     with pytest.raises(LowbudgetError, match=message):
         DownstreamConfig(**change)
 
 
 def tiny() -> DownstreamConfig:
-    return DownstreamConfig(n_real=(8,), replicates=2, ratio=1, n_test=20, token=TokenSpec("lesion", steps=3, batch_size=2),
+    return DownstreamConfig(n_real=(8,), replicates=2, ratio=1, n_test=20, pool=6, token=TokenSpec("lesion", steps=3, batch_size=2),
                             sampling=Sampling(steps=2, batch_size=8),
                             classifier=ClassifierConfig(size=64, steps=4, eval_every=2, width=8))
 

@@ -168,7 +168,8 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
         attr_rows.append(attribute_row(finding, "ti", attr))
         if finding == "effusion":  # the side placed by inpainting instead of left to the token
             placed = data[finding]["placed"] = _placed(cfg, spec, files, fid["seeds"])
-            attr_rows.append(attribute_row(finding, f"ti, inpainted right / left in turn (rate {placed['rate']:.2f})",
+            attr_rows.append(attribute_row(finding, f"ti, inpainted into the lower third of the lung, right / left in turn "
+                                                    f"(rate {placed['rate']:.2f})",
                                            placed["attributes"]))
         rows.append([finding, rates["token"], rates["init"], rates["plain"], rates["training_images"],
                      f"{trained:.0f} + {time.perf_counter() - t0 - trained:.0f} s"])
@@ -181,8 +182,8 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
 
 
 def _placed(cfg: BenchmarkConfig, spec: TokenSpec, files: list[Path], seeds: list[int]) -> dict:
-    """The effusion token inpainted into the right and left lower lung in turn, on the base's
-    own plain-prompt chests: the side placed instead of left to the token."""
+    """The effusion token inpainted into the lower third of the right and left lung in turn, on
+    the base's own plain-prompt chests: the side placed instead of left to the token."""
     healthy = sample(open_with([]), request(cfg.sampling, prompts(spec.finding)["plain"], seeds))  # (N, 3, 64, 64)
     placed = placed_by_side(open_with(files), prompts(spec.finding)["token"], healthy, cfg.sampling, seeds)
     return {"rate": detection_rate(spec.finding, placed), "attributes": attribute_fidelity(spec, placed)}

@@ -174,21 +174,31 @@ def inpainting_check(pipe, sampling: Sampling, seeds: list[int], feather: int = 
             "originals": np.stack([p.image for p in healthy])}
 
 
-def effusion_box(side: str, size: int = 64) -> tuple[int, int, int, int]:
-    """x0, y0, x1, y1 in pixels: the lower half of the patient's ``side`` lung, to the midline."""
+# Where placed effusions start (image fraction): the lower third of the lung. A phantom
+# effusion's level sits at most 0.35 of the lung's height above its base (0.54 right, 0.56 left);
+# a box reaching higher lets the fluid climb beside the heart, where the cardiothoracic-ratio
+# reader takes it for heart width. Effusion token, 32 seeds (PHANTOM_RESULTS.md, attributes):
+# cardiomegaly read in 0.19 of images from 0.45 (the lower half), 0.06 from 0.50, 0.00 from 0.55.
+LOWER_THIRD = 0.55
+
+
+def effusion_box(side: str, size: int = 64, top: float = 0.45) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 in pixels: the patient's ``side`` lung from ``top`` (a fraction of the image
+    height; 0.45 = its lower half) down past its base, to the midline."""
     x0, x1 = int((chest.LUNG_CX["right"] - 1.3 * chest.LUNG_HALF_WIDTH) * size), int(0.47 * size)
-    y0, y1 = int(0.45 * size), int((chest.LUNG_BASE[side] + 0.06) * size)
+    y0, y1 = int(top * size), int((chest.LUNG_BASE[side] + 0.06) * size)
     return (x0, y0, x1, y1) if side == "right" else (size - x1, y0, size - x0, y1)  # image right = patient left
 
 
 def placed_by_side(pipe, prompt: str, healthy: torch.Tensor, sampling: Sampling, seeds: list[int],
-                   feather: int = 4) -> np.ndarray:
+                   feather: int = 4, top: float = LOWER_THIRD) -> np.ndarray:
     """(N, 64, 64) effusion images whose side is chosen, not left to the prompt: ``prompt``
-    inpaints the lower half of one lung of each ``healthy`` image (N, 3, 64, 64), right and left
-    in turn. Measures what placing the finding gives when an adapter cannot carry its side."""
+    inpaints the lung below ``top`` (see :func:`effusion_box`) of each ``healthy`` image
+    (N, 3, 64, 64), right and left in turn. Measures what placing the finding gives when an
+    adapter cannot carry its side."""
     out = []
     for k, (seed, image) in enumerate(zip(seeds, healthy)):
-        x0, y0, x1, y1 = effusion_box(chest.SIDES[k % 2], 64)
+        x0, y0, x1, y1 = effusion_box(chest.SIDES[k % 2], 64, top)
         job = Inpainting(image=image[None], mask=box_mask(f"{x0},{y0},{x1},{y1}", 64), feather=feather, paste_back=True)
         out.append(sample(pipe, replace(request(sampling, prompt, [seed]), inpaint=job))[0].mean(dim=0))
     return torch.stack(out).cpu().numpy()

@@ -11,8 +11,8 @@ Pairing the two settings on the site, the token and the seed removes the varianc
 the mean gain over replicates gets Student's t interval. The verdict reads the interval: it
 helps (all above 0), hurts (all below), or the effect is not detected (the interval spans 0).
 
-Plain-prompt negatives do not depend on the site, so they come from one pool drawn once (twice
-the largest need), each replicate taking its own random subset.
+Plain-prompt negatives do not depend on the site, so they come from one pool drawn once, each
+replicate taking its own random subset.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class DownstreamConfig:
     replicates: int = 10  # sites per size
     ratio: int = 10  # synthetic images per real one (the paper: 200 real + 2000 synthetic)
     n_test: int = 200  # held-out real phantoms, half of each class, the same for every replicate
+    pool: int = 320  # plain-prompt negatives generated once; a replicate draws ratio * n / 2 of them
     token: TokenSpec = field(default_factory=lambda: TokenSpec("lesion"))  # n_images, seeds set per replicate
     sampling: Sampling = field(default_factory=Sampling)
     classifier: ClassifierConfig = field(
@@ -58,6 +59,9 @@ class DownstreamConfig:
             raise LowbudgetError(f"replicates {self.replicates}: an interval needs at least 2")
         if self.ratio < 1:
             raise LowbudgetError(f"ratio {self.ratio}: expected at least one synthetic image per real one")
+        if self.pool < self.ratio * max(self.n_real) // 2:
+            raise LowbudgetError(f"pool {self.pool}: expected at least ratio * n / 2 = {self.ratio * max(self.n_real) // 2} "
+                                 "negatives for the largest real set")
 
 
 def downstream_gain(cfg: DownstreamConfig, output: Path, log: Callable[[str], None] = print) -> dict:
@@ -68,9 +72,8 @@ def downstream_gain(cfg: DownstreamConfig, output: Path, log: Callable[[str], No
     modality = modality_of(cfg.finding)
     test = _labelled([p.image for p in generate(modality, cfg.finding, n=cfg.n_test // 2, seed=TEST_SEED)],
                      [p.image for p in generate(modality, "none", n=cfg.n_test // 2, seed=TEST_SEED + 1)])
-    base = open_with([])
-    pool = _to_uint8(generate_gray(base, prompts(cfg.finding)["plain"],
-                                   list(range(POOL_SEED, POOL_SEED + cfg.ratio * max(cfg.n_real))), cfg.sampling))
+    pool = _to_uint8(generate_gray(open_with([]), prompts(cfg.finding)["plain"], list(range(POOL_SEED, POOL_SEED + cfg.pool)),
+                                   cfg.sampling))
     out = {}
     for n in cfg.n_real:
         reps = [_replicate(cfg, n, r, pool, test, Path(output) / "downstream" / f"n{n}", log) for r in range(cfg.replicates)]
@@ -97,7 +100,7 @@ def _replicate(cfg: DownstreamConfig, n: int, r: int, pool: torch.Tensor, test: 
                log: Callable[[str], None]) -> dict:
     """One site: its real draw, its token, its synthetic set, the paired classifier runs."""
     record = folder / f"replicate-{r}.json"
-    key = repr((cfg.finding, n, r, cfg.ratio, cfg.n_test, cfg.token, cfg.sampling, cfg.classifier))
+    key = repr((cfg.finding, n, r, cfg.ratio, cfg.n_test, cfg.pool, cfg.token, cfg.sampling, cfg.classifier))
     if record.is_file():
         cached = json.loads(record.read_text())
         if cached.get("key") == key:
