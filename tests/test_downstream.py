@@ -46,8 +46,8 @@ def test_the_verdict_reads_the_interval():
     assert verdict(-0.01, 0.02) == "no effect detected"
 
 
-@pytest.mark.parametrize("change, message", [({"n_real": (7,)}, "n_real 7"), ({"replicates": 1}, "replicates 1"),
-                                             ({"ratio": 0}, "ratio 0"), ({"pool": 100}, "pool 100: expected at least .* 160")])
+@pytest.mark.parametrize("change, message", [({"n_real": (7,)}, "n_real 7"), ({"replicates": 1}, "replicates 1"), ({"replicates": 101}, "replicates 101"),
+                                             ({"ratio": 0}, "ratio 0"), ({"pool": 50}, "pool 50: expected at least .* 80")])
 def test_bad_settings_name_the_value(change, message):
     with pytest.raises(LowbudgetError, match=message):
         DownstreamConfig(**change)
@@ -64,7 +64,8 @@ def test_replicates_pair_the_two_training_sets_and_resume(tmp_path, monkeypatch)
     train_once = ds.train_once
 
     def counted(x, y, val, test, *args, seed, **kw):
-        calls.append({"n": len(y), "val": len(val[1]), "test": len(test[1]), "seed": seed, "positives": int(y.sum())})
+        calls.append({"n": len(y), "val": len(val[1]), "test": len(test[1]), "seed": seed, "positives": int(y.sum()),
+                      "images": {im.numpy().tobytes() for im in x}, "held_out": {im.numpy().tobytes() for im in (*val[0], *test[0])}})
         return train_once(x, y, val, test, *args, seed=seed, **kw)
 
     monkeypatch.setattr(ds, "train_once", counted)
@@ -72,6 +73,9 @@ def test_replicates_pair_the_two_training_sets_and_resume(tmp_path, monkeypatch)
     # per replicate: real (6 train, 2 validation) then real + 8 synthetic, half of each class, same seed
     assert [c["n"] for c in calls] == [6, 14, 6, 14] and {c["val"] for c in calls} == {2} and {c["test"] for c in calls} == {20}
     assert [c["seed"] for c in calls] == [0, 0, 1, 1] and [c["positives"] for c in calls] == [3, 7, 3, 7]
+    # no image a classifier trains on is one it is validated or tested on, and the sites differ
+    assert all(not (c["images"] & c["held_out"]) for c in calls)
+    assert not (calls[0]["images"] & calls[2]["images"])
     for rep in out["replicates"]:
         assert rep["gain"] == pytest.approx(rep["auc_real_synthetic"] - rep["auc_real"])
     mean, low, high = mean_interval([r["gain"] for r in out["replicates"]])

@@ -33,13 +33,17 @@ from lowbudget.evaluate.classifier import ClassifierConfig, split, train_once
 from lowbudget.io import atomic_write_text
 from lowbudget.phantoms.world import generate
 
-REAL_SEED, TEST_SEED, SYNTHETIC_SEED, POOL_SEED = 30_000, 31_000, 40_000, 45_000
+# Seed ranges that never meet: a replicate r takes REAL_SEED + 1000 r (its phantoms) and
+# SYNTHETIC_SEED + 1000 r onwards (its token's images), so the test set, the pool and every
+# replicate's images come from different draws.
+TEST_SEED, POOL_SEED, REAL_SEED, SYNTHETIC_SEED = 31_000, 45_000, 100_000, 200_000
+STRIDE, MAX_REPLICATES = 1000, 100
 
 
 @dataclass
 class DownstreamConfig:
     finding: str = "lesion"  # the paper's downstream finding; effusion's real-only AUC is already 1.000
-    n_real: tuple[int, ...] = (16, 32)  # real images per site, half of each class
+    n_real: tuple[int, ...] = (16,)  # real images per site, half of each class; (16, 32) takes twice as long
     replicates: int = 10  # sites per size
     ratio: int = 10  # synthetic images per real one (the paper: 200 real + 2000 synthetic)
     n_test: int = 200  # held-out real phantoms, half of each class, the same for every replicate
@@ -55,10 +59,12 @@ class DownstreamConfig:
         for n in self.n_real:
             if n < 8 or n % 2:
                 raise LowbudgetError(f"n_real {n}: expected an even number >= 8 (half of each class, some for validation)")
-        if self.replicates < 2:
-            raise LowbudgetError(f"replicates {self.replicates}: an interval needs at least 2")
+        if not 2 <= self.replicates <= MAX_REPLICATES:
+            raise LowbudgetError(f"replicates {self.replicates}: expected 2 (an interval needs two) to {MAX_REPLICATES}")
         if self.ratio < 1:
             raise LowbudgetError(f"ratio {self.ratio}: expected at least one synthetic image per real one")
+        if self.ratio * max(self.n_real) // 2 > STRIDE:
+            raise LowbudgetError(f"ratio {self.ratio} x n_real {max(self.n_real)}: at most {2 * STRIDE} synthetic images per replicate")
         if self.pool < self.ratio * max(self.n_real) // 2:
             raise LowbudgetError(f"pool {self.pool}: expected at least ratio * n / 2 = {self.ratio * max(self.n_real) // 2} "
                                  "negatives for the largest real set")
@@ -106,7 +112,7 @@ def _replicate(cfg: DownstreamConfig, n: int, r: int, pool: torch.Tensor, test: 
         if cached.get("key") == key:
             return cached["result"]
     modality = modality_of(cfg.finding)
-    seed = REAL_SEED + 1000 * r
+    seed = REAL_SEED + STRIDE * r
     spec = replace(cfg.token, finding=cfg.finding, n_images=n // 2, data_seed=seed, seed=r)
     positives = training_images(spec)  # the site's real positives are the token's training set
     negatives = [p.image for p in generate(modality, "none", n=n // 2, seed=seed + 1)]
@@ -118,7 +124,7 @@ def _replicate(cfg: DownstreamConfig, n: int, r: int, pool: torch.Tensor, test: 
     files = train_finding(spec, folder.parent / "runs")
     half = cfg.ratio * n // 2
     syn_pos = _to_uint8(generate_gray(open_with(files), prompts(cfg.finding)["token"],
-                                      list(range(SYNTHETIC_SEED + 1000 * r, SYNTHETIC_SEED + 1000 * r + half)), cfg.sampling))
+                                      list(range(SYNTHETIC_SEED + STRIDE * r, SYNTHETIC_SEED + STRIDE * r + half)), cfg.sampling))
     syn_neg = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:half]]
     syn_x = torch.cat([syn_pos, syn_neg])
     syn_y = torch.cat([torch.ones(half, dtype=torch.long), torch.zeros(half, dtype=torch.long)])
