@@ -46,7 +46,7 @@ SECTIONS = ("detectors", "base", "fidelity", "sweep", "downstream", "diversity",
 # Seconds each section took in benchmarks/PHANTOM_RESULTS.md (2 CPU cores; fidelity and methods
 # as measured with their attribute columns, training included): the weights of the progress
 # display, whose time left is this share of work at this run's pace.
-MEASURED_SECONDS = {"detectors": 8, "base": 54, "fidelity": 678, "sweep": 578, "downstream": 507, "diversity": 11,
+MEASURED_SECONDS = {"detectors": 8, "base": 54, "fidelity": 678, "sweep": 578, "downstream": 3413, "diversity": 11,
                     "methods": 314, "compose": 120, "convergence": 5920, "federated": 1200}
 
 
