@@ -124,13 +124,13 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     base: str = _help("Base model: diffusers folder or single-file .safetensors; empty = embedded base. --base overrides.", "")
-    family: str = _help("Expected base family: sd1 | sd2 | any. A base of another text width is refused.", "any")
+    family: str = _help("Expected base family: sd1 | sd2 | sdxl | any. A base of another family is refused.", "any")
     prediction_type: str = _help("auto (from the scheduler config) | epsilon | v_prediction.", "auto")
     precision: str = _help("fp32 | bf16 | fp16 autocast; trainable tensors always stay fp32.", "fp32")
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower.", False)
 
     def __post_init__(self) -> None:
-        _choice("model.family", self.family, ("any", "sd1", "sd2"))
+        _choice("model.family", self.family, ("any", "sd1", "sd2", "sdxl"))
         _choice("model.prediction_type", self.prediction_type, ("auto", "epsilon", "v_prediction"))
         _choice("model.precision", self.precision, ("fp32", "bf16", "fp16"))
 

@@ -16,7 +16,7 @@ def test_tokens_expand_and_initialise_from_words(tiny_base):
     bank = attach_tokens(base, [TokenConfig(name="<eff>", init="pleural fluid", n_vectors=5)])
     ids = base.tokenizer("pleural fluid", add_special_tokens=False).input_ids
     assert len(ids) >= 2
-    vectors = bank.vectors("<eff>")
+    (vectors,) = bank.vectors("<eff>")  # one text encoder: one (5, D) tensor
     for i in range(5):  # vector i is initializer word i, cycled
         assert torch.equal(vectors[i], table_before[ids[i % len(ids)]])
     assert bank.expand("a <eff> here") == "a <eff> <eff>_1 <eff>_2 <eff>_3 <eff>_4 here"
@@ -31,11 +31,11 @@ def test_token_table_looks_up_base_and_new_rows(tiny_base):
     table = base.text_encoder.get_input_embeddings()
     assert isinstance(table, TokenTable) and table.num_embeddings == 49410
     with torch.no_grad():
-        bank.parameter.add_(1.0)
+        bank.parameters[0].add_(1.0)
     ids = torch.tensor([[320, 49408, 49409]])
     out = table(ids)
     assert torch.equal(out[0, 0], table.base.weight[320])
-    assert torch.equal(out[0, 1:], bank.parameter.detach())
+    assert torch.equal(out[0, 1:], bank.parameters[0].detach())
 
 
 def test_existing_word_is_refused_with_a_rename_hint(tiny_base):

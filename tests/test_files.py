@@ -99,7 +99,7 @@ def test_sdxl_file_gives_the_part_matching_the_base(tmp_path, base768):
     save_file({"clip_l": torch.ones(2, 768), "clip_g": torch.zeros(2, 1280)}, tmp_path / "xl.safetensors")
     emb = read_embedding(tmp_path / "xl.safetensors")
     base = load_base(base768)
-    vectors, _ = check_embedding(emb, base.tokenizer, base.text_encoder, base_name="w768")
+    (vectors,), _ = check_embedding(emb, base.text_encoders, base_name="w768")
     assert vectors.shape == (2, 768) and bool((vectors == 1).all())
     with pytest.raises(AdapterError, match="none matches text width 1024"):
         emb.vectors(1024)
@@ -122,19 +122,19 @@ def test_width_mismatch_names_both_widths_and_families(tmp_path, base768):
     path, _ = lowbudget_file(tmp_path, dim=1024)
     base = load_base(base768)
     with pytest.raises(AdapterError, match=r"text width 1024 \(SD 2.x\) \(made for tiny\) but base 'w768' has text width 768 \(SD 1.x\)"):
-        check_embedding(read_embedding(path), base.tokenizer, base.text_encoder, base_name="w768")
+        check_embedding(read_embedding(path), base.text_encoders, base_name="w768")
     save_file({"clip_g": torch.ones(2, 1280)}, tmp_path / "g.safetensors")
     with pytest.raises(AdapterError, match=r"1280 \(SDXL's second text encoder\)"):
-        check_embedding(read_embedding(tmp_path / "g.safetensors"), base.tokenizer, base.text_encoder, base_name="w768")
+        check_embedding(read_embedding(tmp_path / "g.safetensors"), base.text_encoders, base_name="w768")
 
 
 def test_foreign_fingerprint_warns_and_existing_token_is_refused(tmp_path, tiny_base):
     path, _ = lowbudget_file(tmp_path)
     base = load_base(tiny_base)
-    _, warnings = check_embedding(read_embedding(path), base.tokenizer, base.text_encoder, base_name="tiny")
+    _, warnings = check_embedding(read_embedding(path), base.text_encoders, base_name="tiny")
     assert len(warnings) == 1 and "fingerprint ffffffffffff" in warnings[0]
     with pytest.raises(AdapterError, match="token 'chest' already exists .* load it under another name"):
-        check_embedding(read_embedding(path, token="chest"), base.tokenizer, base.text_encoder, base_name="tiny")
+        check_embedding(read_embedding(path, token="chest"), base.text_encoders, base_name="tiny")
 
 
 def test_load_adapter_puts_every_layout_into_a_diffusers_pipeline(tmp_path, tiny_base, mixed_folder):

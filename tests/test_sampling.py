@@ -46,7 +46,7 @@ def test_one_unet_call_per_step_on_a_batch_of_b_times_k_plus_1(pipe):
 def test_sampling_from_text_states_is_sampling_from_their_prompts(pipe):
     req = SampleRequest(prompt="a :0.7 AND b :0.3", negative_prompt="n", seeds=[4], **FAST)
     estimates = []
-    states = encode_texts(pipe, ["n", "a", "b"])  # (3, 77, D)
+    states = encode_texts(pipe, ["n", "a", "b"]).states  # (3, 77, D)
     direct = sample_states(pipe, req, states, [0.7, 0.3], watch=lambda step: estimates.append(step.x0))
     torch.testing.assert_close(direct, sample(pipe, req), atol=1e-5, rtol=0)
     latent = 32 // 2 ** (len(pipe.vae.config.block_out_channels) - 1)

@@ -55,6 +55,10 @@ class EmbeddingFile:
     def widths(self) -> list[int]:
         return [int(t.shape[-1]) for t in self.parts.values()]
 
+    @property
+    def n_vectors(self) -> int:
+        return max(int(t.shape[0]) for t in self.parts.values())
+
     def vectors(self, width: int | None = None) -> torch.Tensor:
         """The (n, dim) tensor; for SDXL files the part whose width matches ``width``."""
         if len(self.parts) == 1:
@@ -77,6 +81,10 @@ def embedding_problems(emb: EmbeddingFile) -> list[str]:
     if not token.strip() or any(c.isspace() for c in token) or not token.isprintable():
         problems.append(f"'{emb.path}': token {token!r} is empty or holds whitespace; expected one word such as "
                         f"<effusion> (give one with --token / token=)")
+    counts = {name: int(t.shape[0]) for name, t in emb.parts.items()}
+    if len(set(counts.values())) > 1:  # ComfyUI indexes both parts by one count and crashes (kohya_ss #1264)
+        problems.append(f"'{emb.path}': its parts hold different numbers of vectors "
+                        f"({', '.join(f'{k} {v}' for k, v in counts.items())}); an SDXL embedding holds equally many")
     for name, tensor in emb.parts.items():
         what = f"'{emb.path}'" + (f" part {name}" if emb.layout == "sdxl" else "")
         if tensor.shape[0] == 0:
@@ -200,13 +208,23 @@ def _as_matrix(path: Path, tensor) -> torch.Tensor:
 
 
 def write_embedding(emb: EmbeddingFile, layout: str, path: str | Path) -> Path:
-    """Write ``emb`` in ``layout``; SDXL files must first be reduced to one part."""
+    """Write ``emb`` in ``layout``.
+
+    An SDXL embedding (both parts) has one layout in every tool: ``{"clip_l", "clip_g"}`` in a
+    safetensors file, which ComfyUI, the A1111 forks and kohya read as it is, and diffusers
+    loads once per text encoder. It is written so whatever ``layout`` asks for.
+    """
     if layout not in WRITABLE:
         raise AdapterError(f"--to {layout!r} is not a known layout; expected one of {', '.join(WRITABLE)}")
+    metadata = dict(emb.metadata) | {"token": emb.token}
+    if emb.layout == "sdxl" and set(emb.parts) == set(SDXL_PARTS):
+        if Path(path).suffix != ".safetensors":
+            raise AdapterError(f"'{path}': an SDXL embedding is written as .safetensors (every tool reads it so)")
+        parts = {k: emb.parts[k].contiguous() for k in SDXL_PARTS}
+        return atomic_write(path, lambda tmp: save_file(parts, str(tmp), metadata=metadata))
     if len(emb.parts) != 1:
         raise AdapterError(f"'{emb.path}' has several parts ({', '.join(emb.parts)}); pick one with --width")
     tensor = emb.vectors().contiguous()
-    metadata = dict(emb.metadata) | {"token": emb.token}
     if layout == "a1111":
         payload = {
             "string_to_token": {"*": 265},  # A1111's placeholder id; it is not used on load
@@ -268,7 +286,7 @@ def naming_notes(written: EmbeddingFile, token: str, vocab: dict[str, int]) -> l
     notes = []
     if stem != trigger_word(token):
         notes.append(f"A1111, kohya and ComfyUI will trigger it by its file name '{stem}', not '{trigger_word(token)}'")
-    words = [stem] + [f"{stem}{i}" for i in range(1, int(written.vectors().shape[0]))]
+    words = [stem] + [f"{stem}{i}" for i in range(1, written.n_vectors)]
     clash = next((w for w in words if w in vocab), None)
     if clash:
         notes.append(f"kohya's gen_img refuses a file named '{stem}': '{clash}' is already a word of the CLIP "
@@ -278,5 +296,5 @@ def naming_notes(written: EmbeddingFile, token: str, vocab: dict[str, int]) -> l
 
 def default_output(emb: EmbeddingFile, layout: str) -> Path:
     """``<folder>/<layout>/<word>.pt|.safetensors``: named so that the trigger word stays the token's."""
-    suffix = ".pt" if layout == "a1111" else ".safetensors"
+    suffix = ".pt" if layout == "a1111" and emb.layout != "sdxl" else ".safetensors"
     return emb.path.parent / layout / f"{trigger_word(emb.token)}{suffix}"

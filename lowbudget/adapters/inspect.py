@@ -74,7 +74,7 @@ def _describe_embedding(path: Path, base: Any) -> dict[str, Any]:
               "problems": embedding_problems(emb)}
     if base is not None and not report["problems"]:
         try:
-            _, warnings = check_embedding(emb, base.tokenizer, base.text_encoder, base_name=base.source)
+            _, warnings = check_embedding(emb, base.text_encoders, base_name=base.source)
             report["fits_base"] = {"ok": True, "warnings": warnings}
         except AdapterError as exc:
             report["fits_base"] = {"ok": False, "reason": str(exc)}
@@ -92,14 +92,15 @@ def _describe_lora(path: Path, base: Any) -> dict[str, Any]:
         "parameters": sum(t.numel() for t in tensors.values()),
         "ranks": ranks,
         "targets": targets,
-        "text_encoder": any(k.startswith("text_encoder.") for k in tensors),
+        "text_encoder": any(k.startswith(("text_encoder.", "text_encoder_2.")) for k in tensors),
         "metadata": {k: metadata[k] for k in _SHOWN_METADATA if metadata.get(k)},
         "problems": lora_problems(tensors, path),
     }
     if base is not None and not report["problems"]:
         try:
-            check_lora(tensors, base.unet, path=str(path), base_name=base.source, text_encoder=base.text_encoder)
-            warnings = fingerprint_warnings(metadata, base.tokenizer, base.text_encoder, base.source, str(path))
+            check_lora(tensors, base.unet, path=str(path), base_name=base.source, text_encoder=base.text_encoder,
+                       text_encoder_2=base.text_encoder_2)
+            warnings = fingerprint_warnings(metadata, base.text_encoders, base.source, str(path))
             report["fits_base"] = {"ok": True, "warnings": warnings}
         except AdapterError as exc:
             report["fits_base"] = {"ok": False, "reason": str(exc)}

@@ -22,6 +22,7 @@ from lowbudget.adapters.own_files import LORA_WEIGHT_NAME
 from lowbudget.adapters.foreign_layouts import read_embedding, read_lora
 from lowbudget.adapters.signing import check_signature
 from lowbudget.errors import AdapterError, quote
+from lowbudget.models.text import text_encoders
 
 
 def is_lora_file(path: Path) -> bool:
@@ -55,17 +56,20 @@ def load_adapter(pipe: Any, path: str | Path, *, token: str | None = None, trust
     if is_lora_file(path):
         return _load_lora(pipe, path, base_name, warn)
     emb = read_embedding(path, token)
-    vectors, messages = check_embedding(emb, pipe.tokenizer, pipe.text_encoder, base_name=base_name)
+    encoders = text_encoders(pipe)
+    vectors, messages = check_embedding(emb, encoders, base_name=base_name)
     for message in messages:
         warn(message)
-    pipe.load_textual_inversion({emb.token: vectors}, token=emb.token)
+    for (tokenizer, encoder), part in zip(encoders, vectors):  # SDXL: each part into its own encoder
+        pipe.load_textual_inversion({emb.token: part}, token=emb.token, tokenizer=tokenizer, text_encoder=encoder)
     return emb.token
 
 
 def _load_lora(pipe: Any, path: Path, base_name: str, warn: Callable[[str], None]) -> str:
     tensors, metadata = read_lora(path)
-    check_lora(tensors, pipe.unet, path=str(path), base_name=base_name, text_encoder=pipe.text_encoder)
-    for message in fingerprint_warnings(metadata, pipe.tokenizer, pipe.text_encoder, base_name, str(path)):
+    check_lora(tensors, pipe.unet, path=str(path), base_name=base_name, text_encoder=pipe.text_encoder,
+               text_encoder_2=getattr(pipe, "text_encoder_2", None))
+    for message in fingerprint_warnings(metadata, text_encoders(pipe), base_name, str(path)):
         warn(message)
     name = path.parent.name if path.name == LORA_WEIGHT_NAME else path.stem
     try:

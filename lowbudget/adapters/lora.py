@@ -1,4 +1,4 @@
-"""LoRA on the U-Net (and optionally the text encoder), injected with peft.
+"""LoRA on the U-Net (and optionally the text encoder(s): both on SDXL), injected with peft.
 
 Presets name *where* the low-rank updates go:
 
@@ -45,8 +45,8 @@ def attach_lora(base: BaseModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
 
     try:
         base.unet.add_adapter(peft_config(unet_targets(cfg)))
-        if cfg.text_encoder:
-            base.text_encoder.add_adapter(peft_config(TEXT_ENCODER_TARGETS))
+        for _, encoder in base.text_encoders if cfg.text_encoder else []:
+            encoder.add_adapter(peft_config(TEXT_ENCODER_TARGETS))
     except ValueError as exc:  # peft: "Target modules ... not found"; transformers: "PEFT ... not compatible"
         raise AdapterError(f"method.lora: {quote(exc)} (installed: {_stack()}; `lowbudget doctor` checks "
                            f"the whole stack)") from None
@@ -60,24 +60,28 @@ def _stack() -> str:
     return ", ".join(f"{name} {metadata.version(name)}" for name in ("peft", "transformers", "diffusers"))
 
 
+def _modules(base: BaseModel) -> list[tuple[str, torch.nn.Module]]:
+    """The adaptable modules by the prefix diffusers' loaders give them: unet, text_encoder(_2)."""
+    named = [("unet", base.unet), ("text_encoder", base.text_encoder)]
+    return named + [("text_encoder_2", base.text_encoder_2)] if base.is_xl else named
+
+
 def lora_parameters(base: BaseModel) -> list[tuple[str, torch.nn.Parameter]]:
-    named = [(f"unet.{n}", p) for n, p in base.unet.named_parameters() if "lora_" in n]
-    named += [(f"text_encoder.{n}", p) for n, p in base.text_encoder.named_parameters() if "lora_" in n]
-    return named
+    return [(f"{prefix}.{n}", p) for prefix, module in _modules(base) for n, p in module.named_parameters() if "lora_" in n]
 
 
 def lora_state_dict(base: BaseModel) -> dict[str, torch.Tensor]:
-    """LoRA tensors keyed as ``pipe.load_lora_weights`` reads them (``unet.`` / ``text_encoder.``)."""
-    tensors = {f"unet.{k}": v for k, v in get_peft_model_state_dict(base.unet).items()}
-    if getattr(base.text_encoder, "peft_config", None):
-        tensors.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(base.text_encoder).items()})
+    """LoRA tensors keyed as ``pipe.load_lora_weights`` reads them (``unet.`` / ``text_encoder.`` /
+    ``text_encoder_2.``)."""
+    tensors = {f"{prefix}.{k}": v for prefix, module in _modules(base) if getattr(module, "peft_config", None)
+               for k, v in get_peft_model_state_dict(module).items()}
     return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
 
 
 def lora_adapter_metadata(base: BaseModel) -> dict[str, Any]:
     """The peft configs (rank, alpha, targets), in the layout diffusers stores beside LoRA weights."""
     out: dict[str, Any] = {}
-    for prefix, module in (("unet", base.unet), ("text_encoder", base.text_encoder)):
+    for prefix, module in _modules(base):
         config = getattr(module, "peft_config", {}).get("default")
         if config is None:
             continue

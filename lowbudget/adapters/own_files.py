@@ -2,7 +2,9 @@
 other tools' layouts are read and written by :mod:`lowbudget.adapters.foreign_layouts`.)
 
 - Embedding: one token per ``.safetensors``, a single key ``{token: tensor[n_vectors, dim]}``
-  (``pipe.load_textual_inversion(path)``), with provenance in the safetensors header.
+  (``pipe.load_textual_inversion(path)``), with provenance in the safetensors header. An SDXL
+  token is ``{"clip_l": [n, 768], "clip_g": [n, 1280]}``, the layout ComfyUI, the A1111 forks
+  and diffusers' SDXL examples read (diffusers loads each part into its encoder).
 - LoRA: ``unet.*`` / ``text_encoder.*`` keys and diffusers' ``lora_adapter_metadata`` header
   entry (``pipe.load_lora_weights(folder)``), with the same provenance.
 
@@ -83,21 +85,36 @@ def token_file_name(token: str) -> str:
     return f"{trigger_word(token)}.safetensors"
 
 
-def save_embedding(path: str | Path, token: str, vectors: torch.Tensor, provenance: Provenance, *,
-                   init: str = "", dtype: str = "fp32") -> Path:
-    """Write ``{token: vectors (n, dim)}`` with provenance; atomic, 0644."""
-    if vectors.ndim != 2:
-        raise AdapterError(f"embedding '{token}' must be (n_vectors, dim), got shape {tuple(vectors.shape)}")
-    if not torch.isfinite(vectors).all():
-        raise AdapterError(f"embedding '{token}' has NaN or infinite values; refusing to write {path}")
+SDXL_KEYS = ("clip_l", "clip_g")  # SDXL embedding files: the first encoder's part, then the second's
+
+
+def embedding_parts(vectors: list[torch.Tensor]) -> dict[str, torch.Tensor] | torch.Tensor:
+    """A token's vectors per text encoder as a file holds them: the one tensor, or SDXL's two parts."""
+    return vectors[0] if len(vectors) == 1 else dict(zip(SDXL_KEYS, vectors, strict=True))
+
+
+def save_embedding(path: str | Path, token: str, vectors: torch.Tensor | dict[str, torch.Tensor],
+                   provenance: Provenance, *, init: str = "", dtype: str = "fp32") -> Path:
+    """Write ``{token: vectors (n, dim)}`` (or SDXL's ``{"clip_l": ..., "clip_g": ...}``) with
+    provenance; atomic, 0644."""
+    parts = vectors if isinstance(vectors, dict) else {token: vectors}
+    for name, tensor in parts.items():
+        what = f"embedding '{token}'" + (f" part {name}" if name != token else "")
+        if tensor.ndim != 2:
+            raise AdapterError(f"{what} must be (n_vectors, dim), got shape {tuple(tensor.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise AdapterError(f"{what} has NaN or infinite values; refusing to write {path}")
+    counts = {int(t.shape[0]) for t in parts.values()}
+    if len(counts) != 1:  # tools that read SDXL files index both parts by one count (kohya_ss #1264)
+        raise AdapterError(f"embedding '{token}': its parts hold {sorted(counts)} vectors; they must hold equally many")
     header = provenance.header("embedding") | {
         "token": token,
-        "n_vectors": str(vectors.shape[0]),
-        "dim": str(vectors.shape[1]),
+        "n_vectors": str(counts.pop()),
+        "dim": "+".join(str(t.shape[1]) for t in parts.values()),
         "init": init,
     }
-    tensor = vectors.detach().to(_DTYPES[dtype]).cpu().contiguous()
-    return atomic_write(path, lambda tmp: save_file({token: tensor}, str(tmp), metadata=header))
+    tensors = {name: t.detach().to(_DTYPES[dtype]).cpu().contiguous() for name, t in parts.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], adapter_metadata: dict[str, Any],

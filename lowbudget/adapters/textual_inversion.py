@@ -9,6 +9,10 @@ Here the base table is never touched. :class:`TokenTable` replaces the text enco
 embedding with ``base rows (frozen) + new rows (one small trainable Parameter)``: ids below
 ``base_rows`` look up the frozen table, ids at or above it look up the new rows. Only the new
 rows get gradients and optimizer state, so every other row is bit-for-bit unchanged.
+
+On SDXL a token lives in both text encoders: each gets its own table of new rows (768 and 1280
+wide), trained together from the same loss. A token trained in one encoder only leaves the
+other reading a word it does not know, and changes little (diffusers PR #9010).
 """
 
 from __future__ import annotations
@@ -88,23 +92,30 @@ class LearnedToken:
 
 
 class TokenBank:
-    """The learned tokens of one run: their rows, and how prompts mention them."""
+    """The learned tokens of one run: their rows in each text encoder, and how prompts mention them."""
 
-    def __init__(self, table: TokenTable, tokens: list[LearnedToken]) -> None:
-        self.table = table
+    def __init__(self, tables: list[TokenTable], tokens: list[LearnedToken]) -> None:
+        self.tables = tables  # one per text encoder: SDXL has two
         self.tokens = tokens
 
     @property
-    def parameter(self) -> nn.Parameter:
-        return self.table.new
+    def parameters(self) -> list[nn.Parameter]:
+        """The new rows, one tensor per text encoder: (n_new, 768) [, (n_new, 1280)]."""
+        return [table.new for table in self.tables]
+
+    @property
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """The parameters by the names checkpoints use: 'tokens' (and 'tokens_2' on SDXL)."""
+        return {("tokens" if i == 0 else f"tokens_{i + 1}"): p for i, p in enumerate(self.parameters)}
 
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.tokens]
 
-    def vectors(self, name: str) -> torch.Tensor:
+    def vectors(self, name: str) -> list[torch.Tensor]:
+        """The token's vectors in each text encoder, (n_vectors, D_i) each."""
         token = next(t for t in self.tokens if t.name == name)
-        return self.table.new.detach()[token.offset : token.offset + token.n_vectors].clone()
+        return [p.detach()[token.offset : token.offset + token.n_vectors].clone() for p in self.parameters]
 
     def expand(self, text: str) -> str:
         """'a <t> here' -> 'a <t> <t>_1 <t>_2 here' for a 3-vector token."""
@@ -122,35 +133,40 @@ def expand_tokens(text: str, n_vectors: dict[str, int]) -> str:
 
 
 def attach_tokens(base: BaseModel, tokens: list[TokenConfig]) -> TokenBank:
-    """Add ``tokens`` to the tokenizer and install a :class:`TokenTable` in the text encoder."""
-    tokenizer, encoder = base.tokenizer, base.text_encoder
+    """Add ``tokens`` to the tokenizer(s) and install a :class:`TokenTable` in each text encoder."""
+    learned, offset = [], 0
+    for cfg in tokens:
+        learned.append(LearnedToken(cfg.name, cfg.n_vectors, offset))
+        offset += cfg.n_vectors
+    tables = [_attach(base.source, tokenizer, encoder, tokens, learned) for tokenizer, encoder in base.text_encoders]
+    return TokenBank(tables, learned)
+
+
+def _attach(source: str, tokenizer, encoder, tokens: list[TokenConfig], learned: list[LearnedToken]) -> TokenTable:
     embedding = encoder.get_input_embeddings()
     if isinstance(embedding, TokenTable):
         raise AdapterError("this text encoder already carries learned tokens; load the base again")
     if len(tokenizer) != embedding.num_embeddings:
         raise AdapterError(
-            f"base '{base.source}': tokenizer has {len(tokenizer)} entries but the token table has "
+            f"base '{source}': tokenizer has {len(tokenizer)} entries but the token table has "
             f"{embedding.num_embeddings} rows; cannot add tokens safely"
         )
-    learned, init_rows, offset = [], [], 0
-    for cfg in tokens:
+    init_rows = []
+    for cfg, token in zip(tokens, learned):
         taken = taken_pieces(tokenizer, cfg.name, cfg.n_vectors)
         if taken:
-            raise AdapterError(f"token '{taken[0]}' is already in the vocabulary of '{base.source}'; "
+            raise AdapterError(f"token '{taken[0]}' is already in the vocabulary of '{source}'; "
                                f"choose a new name such as '<{cfg.name.strip('<>')}>'")
         init_ids = _initializer_ids(tokenizer, cfg)
-        token = LearnedToken(cfg.name, cfg.n_vectors, offset)
         tokenizer.add_tokens(token.pieces)
         # Vector i starts from initializer word i (cycled): '<t>' with init 'prostate mri' and
         # 4 vectors starts as 'prostate', 'mri', 'prostate', 'mri'.
         init_rows += [init_ids[i % len(init_ids)] for i in range(cfg.n_vectors)]
-        learned.append(token)
-        offset += cfg.n_vectors
     with torch.no_grad():
         init = embedding.weight[torch.tensor(init_rows)].float()  # (n_new, D)
     table = TokenTable(embedding, init).to(embedding.weight.device)
     encoder.set_input_embeddings(table)
-    return TokenBank(table, learned)
+    return table
 
 
 def _initializer_ids(tokenizer, cfg: TokenConfig) -> list[int]:

@@ -67,7 +67,7 @@ def text_state_reference(pipe, sampling: Sampling, seeds: list[int], weights: in
     comes from the U-Net and the sampler, not from how token vectors are mixed. A reference
     for that diagnosis, not a method users are offered.
     """
-    negative, ca, cb = encode_texts(pipe, ["", TEMPLATE.format(A), TEMPLATE.format(B)])  # 3 x (77, D)
+    negative, ca, cb = encode_texts(pipe, ["", TEMPLATE.format(A), TEMPLATE.format(B)]).states  # 3 x (77, D)
     w, decisions, columns = interpolation_weights(weights), {}, []
     record, req = _decision_recorder(pipe, decisions), request(sampling, "", seeds)
     for x in w:
@@ -136,7 +136,7 @@ def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float
     states = []
     for w in weights:
         with temporary_token(pipe, MIXERS[method](a, b, w)) as token:
-            states.append(encode_texts(pipe, [TEMPLATE.format(token)])[0].flatten().float())  # (77 * D,)
+            states.append(encode_texts(pipe, [TEMPLATE.format(token)]).states[0].flatten().float())  # (77 * D,)
     line = states[-1] - states[0]
     return [float((s - states[0]) @ line / (line @ line)) for s in states]
 

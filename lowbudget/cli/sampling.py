@@ -71,7 +71,7 @@ def generate(
     req = SampleRequest(prompt=prompt, seeds=seeds, batch_size=batch_size,
                         **_sampling_options(steps, guidance, guidance_from, scheduler, negative, size))  # checks the values
     pipe, base_info, adapter_info = _pipeline(base, adapters, trust, require_signature)
-    check_tokens_known(pipe.tokenizer.get_vocab(), [prompt, negative])  # before a folder is made
+    check_tokens_known(pipe, [prompt, negative])  # before a folder is made
     output_folder(output, overwrite=overwrite, command="generate")
     images = sample_with_progress(pipe, req, "generate", enabled=not quiet)  # (n, 3, H, W)
     for s, image in zip(seeds, images):

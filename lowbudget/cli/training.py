@@ -115,7 +115,7 @@ def convert(
     token: Annotated[Optional[str], typer.Option("--token",
         help="Token name to store (default: the file's own).")] = None,
     width: Annotated[Optional[int], typer.Option("--width",
-        help="SDXL files: keep the part of this width (768 or 1280).")] = None,
+        help="SDXL files: keep only the part of this width (768 or 1280); without it both parts are kept.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Convert an embedding between the layouts of diffusers, A1111, kohya and ComfyUI.
@@ -183,10 +183,10 @@ def base_path() -> None:
 @commands.command("make-base")
 def make_base(
     output: Annotated[Path, typer.Argument(help="Folder to write the diffusers model into (must not exist).")],
-    shape: Annotated[str, typer.Option("--shape", help="tiny | sd15 | sd21 (random weights, real shapes).")] = "tiny",
+    shape: Annotated[str, typer.Option("--shape", help="tiny | tiny-xl | sd15 | sd21 | sdxl (random weights, real shapes).")] = "tiny",
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Write a random-weight Stable Diffusion folder (for tests and speed benchmarks)."""
+    """Write a random-weight Stable Diffusion (or SDXL) folder, for tests and speed benchmarks."""
     from lowbudget.io import output_folder
     from lowbudget.models.architectures import get_shape, write_base_folder
 

@@ -1,4 +1,4 @@
-"""Model shapes: Stable Diffusion 1.5 / 2.1 and a tiny model of the same architecture.
+"""Model shapes: Stable Diffusion 1.5 / 2.1 / XL and tiny models of the same architectures.
 
 A *shape* is the set of diffusers/transformers configs of the four components. From a shape
 we can (a) write a diffusers folder with random weights (the tiny embedded base, test models,
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from lowbudget.errors import ModelError
 from lowbudget.models.tokenizer import MAX_LENGTH, VOCAB_SIZE, clip_tokenizer
@@ -32,7 +33,7 @@ _SD_SCHEDULER = {
 
 @dataclass(frozen=True)
 class Shape:
-    """Configs for the four components of a Stable Diffusion-style model."""
+    """Configs for the components of a Stable Diffusion-style model (SDXL: a second text encoder)."""
 
     name: str
     unet: dict[str, Any]
@@ -41,6 +42,11 @@ class Shape:
     prediction_type: str = "epsilon"
     pad_token: str = "<|endoftext|>"  # SD 2.x pads with "!"
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(_SD_SCHEDULER))
+    text_encoder_2: dict[str, Any] | None = None  # SDXL: OpenCLIP bigG with its projection; pads with "!"
+
+    @property
+    def is_xl(self) -> bool:
+        return self.text_encoder_2 is not None
 
 
 def _sd_vae(sample_size: int) -> dict[str, Any]:
@@ -173,9 +179,8 @@ PHANTOM = Shape(
 )
 
 # SDXL base 1.0's U-Net: three levels, 2 and 10 transformer layers per block in the lower two,
-# cross-attention over both text encoders' states (768 + 1280 = 2048), and the pooled text
-# embedding plus six size/crop numbers (1280 + 6 x 256 = 2816) added to the time embedding. Not a
-# Shape yet (that needs the second text encoder): benchmarks/sdxl_sizes.py counts it on the meta device.
+# cross-attention over both text encoders' penultimate states (768 + 1280 = 2048), and the pooled
+# text embedding plus six size/crop numbers (1280 + 6 x 256 = 2816) added to the time embedding.
 SDXL_UNET = {
     "sample_size": 128,
     "in_channels": 4,
@@ -193,7 +198,56 @@ SDXL_UNET = {
     "projection_class_embeddings_input_dim": 2816,
 }
 
-SHAPES = {s.name: s for s in (SD15, SD21, TINY, PHANTOM)}
+SDXL = Shape(
+    name="sdxl",
+    unet=SDXL_UNET,
+    vae={**_sd_vae(1024), "scaling_factor": 0.13025, "force_upcast": True},
+    text_encoder={**SD15.text_encoder},
+    text_encoder_2={
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_attention_heads": 20,
+        "num_hidden_layers": 32,
+        "projection_dim": 1280,
+        "hidden_act": "gelu",
+    },
+)
+
+# SDXL's architecture at test size: two text encoders of different widths (32 and 64, so a
+# swapped half cannot pass unnoticed), cross-attention over both (96), the pooled embedding of
+# the second (projected to 32) plus six time ids of 8 each (32 + 48 = 80) added to the time embedding.
+TINY_XL = Shape(
+    name="tiny-xl",
+    unet={
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "transformer_layers_per_block": [1, 2],
+        "attention_head_dim": [2, 4],
+        "cross_attention_dim": 96,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 80,
+        "norm_num_groups": 8,
+    },
+    vae={**TINY.vae, "scaling_factor": 0.13025},
+    text_encoder={**TINY.text_encoder},
+    text_encoder_2={
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+        "hidden_act": "gelu",
+    },
+)
+
+SHAPES = {s.name: s for s in (SD15, SD21, SDXL, TINY, PHANTOM, TINY_XL)}
 
 
 def get_shape(name: str) -> Shape:
@@ -203,37 +257,50 @@ def get_shape(name: str) -> Shape:
         raise ModelError(f"unknown model shape '{name}'; expected one of {sorted(SHAPES)}") from None
 
 
-def build_components(shape: Shape, *, seed: int = 0, text_width: int | None = None) -> dict[str, Any]:
-    """Instantiate the components of ``shape`` with random weights (deterministic in ``seed``)."""
+def build_components(shape: Shape, *, seed: int = 0, text_width: int | None = None,
+                     in_channels: int | None = None) -> dict[str, Any]:
+    """Instantiate the components of ``shape`` with random weights (deterministic in ``seed``).
+
+    ``text_width`` gives an SD-style shape another text width (a tiny model with SD 2.x's 1024);
+    ``in_channels`` = 9 makes the inpainting variant's U-Net."""
     te_cfg = dict(shape.text_encoder)
     unet_cfg = dict(shape.unet)
-    if text_width is not None:  # e.g. a tiny model with SD 2.x's text width
+    if text_width is not None:
+        if shape.is_xl:
+            raise ModelError(f"shape '{shape.name}' has two text encoders; text_width applies to one-encoder shapes")
         te_cfg["hidden_size"] = text_width
         unet_cfg["cross_attention_dim"] = text_width
+    if in_channels is not None:
+        unet_cfg["in_channels"] = in_channels
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=MAX_LENGTH, **te_cfg)
-    )
-    unet = UNet2DConditionModel(**unet_cfg)
-    vae = AutoencoderKL(**shape.vae)
-    scheduler = DDIMScheduler(**shape.scheduler, prediction_type=shape.prediction_type)
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(pad_token=shape.pad_token),
-        "scheduler": scheduler,
-    }
+    parts: dict[str, Any] = {"text_encoder": CLIPTextModel(_clip_config(te_cfg))}
+    if shape.is_xl:
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(_clip_config(shape.text_encoder_2))
+        parts["tokenizer_2"] = clip_tokenizer(pad_token="!")
+    parts["unet"] = UNet2DConditionModel(**unet_cfg)
+    parts["vae"] = AutoencoderKL(**shape.vae)
+    parts["scheduler"] = DDIMScheduler(**shape.scheduler, prediction_type=shape.prediction_type)
+    parts["tokenizer"] = clip_tokenizer(pad_token=shape.pad_token)
+    return parts
+
+
+def _clip_config(config: dict[str, Any]) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=MAX_LENGTH, **config)
 
 
 def write_base_folder(path: str | Path, shape: Shape | str = "tiny", *, seed: int = 0, **kwargs: Any) -> Path:
-    """Write a diffusers ``StableDiffusionPipeline`` folder with random weights."""
+    """Write a diffusers ``StableDiffusion[XL]Pipeline`` folder with random weights."""
     shape = get_shape(shape) if isinstance(shape, str) else shape
     return save_components(build_components(shape, seed=seed, **kwargs), path)
 
 
 def save_components(parts: dict[str, Any], path: str | Path) -> Path:
-    """Save the five components as a diffusers ``StableDiffusionPipeline`` folder (no safety checker)."""
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    """Save the components as a diffusers ``StableDiffusionPipeline`` folder (no safety checker),
+    or a ``StableDiffusionXLPipeline`` folder when there is a second text encoder."""
+    if "text_encoder_2" in parts:
+        pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True)
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.save_pretrained(str(path))
     return Path(path)

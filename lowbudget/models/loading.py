@@ -1,11 +1,11 @@
 """Load a base Stable Diffusion model from a local path, and only from a local path.
 
 Accepted: a diffusers folder (``model_index.json`` with ``unet/ vae/ text_encoder/ tokenizer/
-scheduler/``) or a single-file SD 1.x / 2.x checkpoint (``.safetensors``). Nothing is ever
-fetched from a hub: every ``from_pretrained`` call is ``local_files_only``, and single-file
-checkpoints get their component configs from :mod:`lowbudget.models.architectures`.
-Leaving the path empty selects the embedded base model. SDXL folders and files are recognised
-and refused with a message that names the family (and the inpainting variant).
+scheduler/``, and ``text_encoder_2/ tokenizer_2/`` for SDXL) or a single-file SD 1.x / 2.x / XL
+checkpoint (``.safetensors``). Nothing is ever fetched from a hub: every ``from_pretrained``
+call is ``local_files_only``, and single-file checkpoints get their component configs from
+:mod:`lowbudget.models.architectures`. Leaving the path empty selects the embedded base model.
+Inpainting variants (a 9-channel U-Net) load the same way.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lowbudget.errors import ModelError, quote
-from lowbudget.models.base import FAMILY_NAMES, BaseModel, describe_width, sdxl_not_supported
+from lowbudget.models.base import FAMILY_NAMES, FAMILY_WIDTHS, BaseModel
 from lowbudget.models.embedded import EMBEDDED, embedded_base_path
 from lowbudget.models.single_file import load_single_file
 
 _FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_XL_PARTS = ("text_encoder_2", "tokenizer_2")
 
 
 def load_base(
@@ -63,10 +64,11 @@ def load_base(
 def _check_family(base: BaseModel, expected: str) -> None:
     if expected in ("any", base.family):
         return
-    want = {"sd1": 768, "sd2": 1024}[expected]
+    have = " + ".join(map(str, base.text_widths))
     raise ModelError(
-        f"the recipe expects an {FAMILY_NAMES[expected]} base (text width {want}) but '{base.source}' "
-        f"has text width {describe_width(base.text_width)}; use a recipe for that family or another --base"
+        f"the recipe expects an {FAMILY_NAMES[expected]} base (text width {FAMILY_WIDTHS[expected]}) but "
+        f"'{base.source}' is {FAMILY_NAMES[base.family]} (text width {have}); use a recipe for that family "
+        "or another --base"
     )
 
 
@@ -75,32 +77,31 @@ def _load_folder(path: Path) -> BaseModel:
         raise ModelError(
             f"base model folder '{path}' has no model_index.json; expected a diffusers Stable Diffusion folder"
         )
-    _refuse_sdxl(path)
-    missing = [part for part in _FOLDER_PARTS if not (path / part).is_dir()]
+    index = _read_json(path / "model_index.json")
+    xl = (path / "text_encoder_2").is_dir() or str(index.get("_class_name", "")).startswith("StableDiffusionXL")
+    if xl and not (path / "text_encoder").is_dir():
+        raise ModelError(f"base model folder '{path}' is an SDXL refiner (one text encoder, text_encoder_2 only); "
+                         "adapters train on the SDXL base model, which has both")
+    missing = [part for part in _FOLDER_PARTS + (_XL_PARTS if xl else ()) if not (path / part).is_dir()]
     if missing:
         raise ModelError(f"base model folder '{path}' lacks the subfolder(s) {', '.join(missing)}")
     loaders = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL,
                "unet": UNet2DConditionModel}
-    parts = {}
-    for part, cls in loaders.items():
-        try:
-            parts[part] = cls.from_pretrained(path / part, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            # transformers reports weights that disagree with config.json in a log, then raises this
-            reason = ("its weights do not match its config.json (tensor shapes differ)"
-                      if "mismatched_sizes" in str(exc) or "size mismatch" in str(exc) else quote(exc))
-            raise ModelError(f"cannot load '{path / part}' of base model '{path}': {reason}") from exc
-    return BaseModel.from_parts(path.name, str(path), **parts, scheduler_config=_read_scheduler_config(path / "scheduler"))
+    if xl:  # the second encoder's projected pooled output conditions the U-Net too
+        loaders |= {"tokenizer_2": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection}
+    parts = {part: _load_part(path, part, cls) for part, cls in loaders.items()}
+    return BaseModel.from_parts(path.name, str(path), **parts, scheduler_config=_read_scheduler_config(path / "scheduler"),
+                                force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
 
 
-def _refuse_sdxl(path: Path) -> None:
-    """An SDXL folder (a second text encoder; StableDiffusionXL[Inpaint]Pipeline) is named as one,
-    instead of failing later on a cross-attention width of 2048."""
-    pipeline = str(_read_json(path / "model_index.json").get("_class_name", ""))
-    if (path / "text_encoder_2").is_dir() or pipeline.startswith("StableDiffusionXL"):
-        unet_config = path / "unet" / "config.json"
-        in_channels = _read_json(unet_config).get("in_channels") if unet_config.is_file() else None
-        raise ModelError(sdxl_not_supported(str(path), inpainting=in_channels == 9 or "Inpaint" in pipeline))
+def _load_part(path: Path, part: str, cls: Any) -> Any:
+    try:
+        return cls.from_pretrained(path / part, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        # transformers reports weights that disagree with config.json in a log, then raises this
+        reason = ("its weights do not match its config.json (tensor shapes differ)"
+                  if "mismatched_sizes" in str(exc) or "size mismatch" in str(exc) else quote(exc))
+        raise ModelError(f"cannot load '{path / part}' of base model '{path}': {reason}") from exc
 
 
 def _read_scheduler_config(folder: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from lowbudget.errors import ModelError, quote
 from lowbudget.models.architectures import get_shape
-from lowbudget.models.base import BaseModel, sdxl_not_supported
+from lowbudget.models.base import BaseModel
 from lowbudget.models.embedded import cache_dir
 from lowbudget.models.tokenizer import clip_tokenizer
 
@@ -44,7 +44,9 @@ def detect_family(path: Path) -> str:
                 return "sd21"
             if any(k.startswith(_SDXL_PREFIX) for k in keys):
                 inpainting = _UNET_INPUT_KEY in keys and fh.get_slice(_UNET_INPUT_KEY).get_shape()[1] == 9
-                raise ModelError(sdxl_not_supported(str(path), inpainting))
+                kind = "an SDXL inpainting" if inpainting else "an SDXL"
+                raise ModelError(f"'{path}' is {kind} single-file checkpoint; lowbudget loads SDXL from a diffusers "
+                                 "folder (model_index.json, text_encoder_2/ ...) so far: give that folder as --base")
     except ModelError:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers

@@ -15,6 +15,8 @@ import torch
 
 from lowbudget.adapters.textual_inversion import expand_tokens, loaded_vector_count
 from lowbudget.errors import LowbudgetError
+from lowbudget.models.base import native_size
+from lowbudget.models.text import Conditioning, encode, text_encoders
 
 _WEIGHT = re.compile(r"(?:^|\s):\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
 
@@ -52,22 +54,28 @@ def expand_learned_tokens(pipe, text: str) -> str:
 _LEARNED = re.compile(r"<[^<>\s]+>")  # '<effusion>': how learned tokens are spelled by convention
 
 
-def check_tokens_known(vocab: dict[str, int], texts: list[str]) -> None:
-    """A '<token>' the vocabulary lacks would be drawn as the letters of its name: refuse it."""
-    unknown = sorted({w for t in texts for w in _LEARNED.findall(t) if w not in vocab and f"{w}</w>" not in vocab})
-    if unknown:
+def check_tokens_known(pipe, texts: list[str]) -> None:
+    """A '<token>' a vocabulary lacks would be drawn as the letters of its name: refuse it. On
+    SDXL both tokenizers must know it -- a token loaded into one encoder only is half a token."""
+    for n, (tokenizer, _) in enumerate(text_encoders(pipe)):
+        vocab = tokenizer.get_vocab()
+        unknown = sorted({w for t in texts for w in _LEARNED.findall(t) if w not in vocab and f"{w}</w>" not in vocab})
+        if not unknown:
+            continue
         learned = sorted(w for w in vocab if _LEARNED.fullmatch(w) and "|" not in w)  # not <|endoftext|>
         have = f"loaded: {', '.join(learned)}" if learned else "no token is loaded"
-        raise LowbudgetError(f"the prompt names {', '.join(unknown)}, which this model does not know ({have}); "
+        which = f"this model's {'second' if n else 'first'} text encoder" if len(text_encoders(pipe)) > 1 else "this model"
+        raise LowbudgetError(f"the prompt names {', '.join(unknown)}, which {which} does not know ({have}); "
                              "load its file with --adapter")
 
 
 @torch.no_grad()
-def encode_texts(pipe, texts: list[str]) -> torch.Tensor:
-    """(len(texts), 77, D) text-encoder states; each text in its own 77-token window."""
+def encode_texts(pipe, texts: list[str], size: int | None = None) -> Conditioning:
+    """The conditioning of each text in its own 77-token window: states (len(texts), 77, D), and
+    on SDXL the pooled embeddings and time ids for images of ``size`` pixels (default: native)."""
     tokenizer = pipe.tokenizer
     limit = tokenizer.model_max_length
-    check_tokens_known(tokenizer.get_vocab(), texts)
+    check_tokens_known(pipe, texts)
     expanded = [expand_learned_tokens(pipe, t) for t in texts]
     for text, full in zip(texts, expanded):
         n = len(tokenizer(full).input_ids)
@@ -76,5 +84,4 @@ def encode_texts(pipe, texts: list[str]) -> torch.Tensor:
                 f"sub-prompt {text[:60]!r} is {n} tokens with learned vectors expanded (limit {limit}); "
                 "split it with AND or shorten it"
             )
-    ids = tokenizer(expanded, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+    return encode(text_encoders(pipe), expanded, size=size or native_size(pipe.unet, pipe.vae))

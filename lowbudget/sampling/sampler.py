@@ -9,7 +9,10 @@ classifier-free guidance per sub-prompt (composable diffusion, the paper's "AND"
 A plain prompt is K = 1, w = 1: ordinary classifier-free guidance. Inpainting is the same
 loop with a mask: on any base the known region is replaced every step by the original,
 noised to the current level; on an SD inpainting checkpoint (9-channel U-Net) the mask and
-masked image are fed to the U-Net instead. Works on any diffusers ``StableDiffusionPipeline``.
+masked image are fed to the U-Net instead. Works on any diffusers ``StableDiffusionPipeline``
+and ``StableDiffusionXLPipeline``: on SDXL each row's conditioning also carries its pooled text
+embedding and time ids (:mod:`lowbudget.models.text`), and an empty negative prompt is zeros
+where the pipeline says so (``force_zeros_for_empty_prompt``), as diffusers does.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 
 from lowbudget import checks
 from lowbudget.errors import LowbudgetError
-from lowbudget.models.base import vae_scale_factor
+from lowbudget.models.base import native_size as base_native_size, vae_scale_factor
+from lowbudget.models.text import Conditioning, zeros_like
 from lowbudget.progress import Progress
 from lowbudget.sampling.masks import feather, paste_back, to_latent_grid
 from lowbudget.sampling.prompts import SubPrompt, encode_texts, parse_prompt
@@ -112,7 +116,7 @@ def sample_with_progress(pipe, req: SampleRequest, what: str, *, enabled: bool =
 
 
 def native_size(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * vae_scale_factor(pipe.vae)
+    return base_native_size(pipe.unet, pipe.vae)
 
 
 @torch.no_grad()
@@ -123,15 +127,22 @@ def sample(pipe, req: SampleRequest, *, watch: Watch | None = None) -> torch.Ten
     be regenerated alone. ``watch``, if given, is called after every step.
     """
     parts = req.parts
-    states = encode_texts(pipe, [req.negative_prompt] + [p.text for p in parts])  # (K + 1, 77, D)
-    return sample_states(pipe, req, states, [p.weight for p in parts], watch=watch)
+    cond = encode_texts(pipe, [req.negative_prompt] + [p.text for p in parts], req.size)  # (K + 1, 77, D)
+    if cond.pooled is not None and not req.negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
+        cond = Conditioning.cat([zeros_like(cond.rows(slice(0, 1))), cond.rows(slice(1, None))])
+    return sample_states(pipe, req, cond, [p.weight for p in parts], watch=watch)
 
 
 @torch.no_grad()
-def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Sequence[float], *,
+def sample_states(pipe, req: SampleRequest, states: Conditioning | torch.Tensor, weights: Sequence[float], *,
                   watch: Watch | None = None) -> torch.Tensor:
-    """``sample`` from text-encoder states given directly: (K + 1, 77, D), the negative first,
-    then one per weight; ``req.prompt`` and ``req.negative_prompt`` are not read."""
+    """``sample`` from text conditioning given directly: (K + 1, 77, D) states (a tensor, or a
+    :class:`Conditioning`, which SDXL needs), the negative first, then one per weight;
+    ``req.prompt`` and ``req.negative_prompt`` are not read."""
+    if isinstance(states, torch.Tensor):
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            raise LowbudgetError("an SDXL pipeline needs pooled text embeddings too: pass a Conditioning")
+        states = Conditioning(states)
     trained = int(pipe.scheduler.config.num_train_timesteps)
     if req.steps > trained:
         raise LowbudgetError(f"--steps = {req.steps} is more than the {trained} timesteps this base's scheduler was trained on")
@@ -144,8 +155,8 @@ def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Seque
     if not any(weights):
         raise LowbudgetError(f"every composition weight is 0 ({', '.join(f'{w:g}' for w in weights)}); "
                              "at least one sub-prompt must count")
-    if states.shape[0] != len(weights) + 1:
-        raise LowbudgetError(f"{states.shape[0]} text states for {len(weights)} weights: expected one more (the negative)")
+    if len(states) != len(weights) + 1:
+        raise LowbudgetError(f"{len(states)} text states for {len(weights)} weights: expected one more (the negative)")
     device = pipe.unet.device
     cond = states.to(device, pipe.unet.dtype)
     weights = torch.tensor(list(weights), device=device, dtype=torch.float32)
@@ -154,10 +165,10 @@ def sample_states(pipe, req: SampleRequest, states: torch.Tensor, weights: Seque
     return torch.cat([_sample_chunk(pipe, req, seeds, cond, weights, known, size, watch) for seeds in chunks])
 
 
-def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor, weights: torch.Tensor,
+def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: Conditioning, weights: torch.Tensor,
                   known: KnownRegion | None, size: int, watch: Watch | None) -> torch.Tensor:
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
-    b, k1 = len(seeds), cond.shape[0]
+    b, k1 = len(seeds), len(cond)
     scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)  # fresh: multistep solvers keep state
     scheduler.set_timesteps(req.steps, device=device)
     timesteps = scheduler.timesteps
@@ -170,7 +181,7 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
         latents = scheduler.add_noise(known.latents.expand(b, -1, -1, -1), noise, timesteps[:1])
     else:
         latents = noise * scheduler.init_noise_sigma  # (B, 4, h, w)
-    context = cond.repeat_interleave(b, dim=0)  # (B(K+1), 77, D): all uncond rows, then sub-prompt 1, ...
+    context = cond.repeat_interleave(b).unet_kwargs()  # (B(K+1), 77, D): all uncond rows, then sub-prompt 1, ...
     unguided = round(req.guidance_from * req.steps)  # counted on the full schedule, as a strength < 1 skips
     first = req.steps - len(timesteps)
     for i, t in enumerate(timesteps):
@@ -178,7 +189,7 @@ def _sample_chunk(pipe, req: SampleRequest, seeds: list[int], cond: torch.Tensor
         x = scheduler.scale_model_input(torch.cat([latents] * k1), t)  # (B(K+1), 4, h, w)
         if known is not None and known.native:  # SD inpainting U-Net: + mask + masked image
             x = torch.cat([x, known.unet_extras(x.shape[0])], dim=1)  # (B(K+1), 9, h, w)
-        out = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float()
+        out = unet(x.to(dtype), t, **context).sample.float()
         uncond, conds = out[:b], out[b:].view(k1 - 1, b, *out.shape[1:])  # (B, ...), (K, B, ...)
         guided = uncond + scale * torch.einsum("k,kb...->b...", weights, conds - uncond)
         stepped = scheduler.step(guided, t, latents)

@@ -89,7 +89,7 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
     check_not_a_word(emb)
     loaded = load_base(base)
     name = EMBEDDED if base in ("", EMBEDDED) else loaded.name
-    check_embedding(emb, loaded.tokenizer, loaded.text_encoder, base_name=name)
+    check_embedding(emb, loaded.text_encoders, base_name=name)
     if not (folder / INDEX).is_file():  # not a library yet: new, empty, or a folder lowbudget made
         output_folder(folder, option="--library", command="library add")
     target = folder / file.name
@@ -99,7 +99,7 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
     atomic_write(target, lambda tmp: shutil.copyfile(file, tmp))
     signed = read_signature(target) if target.suffix == ".safetensors" else None
     entry = LibraryEntry(file=file.name, token=emb.token, base=name, modality=emb.metadata.get("modality", ""),
-                         n_vectors=int(emb.vectors().shape[0]), sha256=sha256_file(target),
+                         n_vectors=emb.n_vectors, sha256=sha256_file(target),
                          description=description or emb.metadata.get("description", ""),
                          signer=signed.signer if signed else "")
     write_index(folder, entries + [entry])
@@ -118,7 +118,7 @@ def _fit_problem(entry: LibraryEntry, path: Path, bases: dict[str, str | Path], 
         if entry.base not in loaded:
             loaded[entry.base] = load_base(local)
         base = loaded[entry.base]
-        check_embedding(read_embedding(path), base.tokenizer, base.text_encoder, base_name=entry.base)
+        check_embedding(read_embedding(path), base.text_encoders, base_name=entry.base)
     except Exception as exc:  # report every entry, not just the first failure
         return f"{entry.file}: does not load on base '{entry.base}': {exc}"
     return None

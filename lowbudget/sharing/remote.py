@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lowbudget.adapters.compat import check_embedding
+from lowbudget.adapters.compat import check_embedding, fits
 from lowbudget.adapters.foreign_layouts import read_embedding
 from lowbudget.errors import AdapterError, LowbudgetError
 from lowbudget.io import atomic_write, check_output_folder, output_folder, sha256_file
@@ -75,7 +75,7 @@ def pull(source: str, into: str | Path, *, base: BaseModel, trust: str | Path | 
     remote = parse_index(fetch(INDEX, MAX_INDEX_BYTES), fetch.where(INDEX))
     local = {e.file: e for e in read_index(into)}
     result, incoming = PullResult(), []
-    width = int(base.text_encoder.get_input_embeddings().embedding_dim)
+    width = " + ".join(map(str, base.text_widths))
     new_library = not (into / INDEX).is_file()
     if new_library:  # not a library yet: new, empty, or a folder lowbudget made (made once all is checked)
         check_output_folder(into, option="--into")
@@ -95,10 +95,10 @@ def pull(source: str, into: str | Path, *, base: BaseModel, trust: str | Path | 
             if trust is not None:
                 verify_file(path, trust)
             emb = read_embedding(path)
-            if width not in emb.widths:
+            if not fits(emb, base.text_encoders):
                 result.skipped.append(f"{entry.file}: text width {emb.widths} does not fit the local base ({width})")
                 continue
-            check_embedding(emb, base.tokenizer, base.text_encoder, base_name=base.name)
+            check_embedding(emb, base.text_encoders, base_name=base.name)
             incoming.append((path, entry))
         if new_library:
             output_folder(into, option="--into", command="library pull")

@@ -1,14 +1,16 @@
 """From images to the text conditioning of one step.
 
 :class:`Captioner` renders each image's caption (template draw or its own caption with the
-learned tokens expanded), checks up front that no caption would be truncated at 77 tokens,
-and tokenizes. When nothing on the text side trains (LoRA on the U-Net only), the encoder
-output of each distinct caption is computed once and reused.
+learned tokens expanded) and checks up front that no caption would be truncated at 77 tokens.
+:class:`TextConditioner` turns captions into what the U-Net reads (:mod:`lowbudget.models.text`,
+the same function sampling uses); when nothing on the text side trains (LoRA on the U-Net
+only), the conditioning of each distinct caption is computed once and reused.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 
@@ -16,6 +18,7 @@ from lowbudget.adapters.textual_inversion import TokenBank
 from lowbudget.data.captions import render_caption
 from lowbudget.data.dataset import ImageSet
 from lowbudget.errors import DataError
+from lowbudget.models.text import Conditioning, encode
 from lowbudget.recipe import DataConfig
 
 
@@ -31,10 +34,6 @@ class Captioner:
     def text(self, index: int, rng: random.Random) -> str:
         caption = render_caption(self.raw[index], self.cfg, self.token_text, rng)
         return self.bank.expand(caption) if self.bank else caption
-
-    def ids(self, texts: list[str]) -> torch.Tensor:  # -> (B, 77)
-        return self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids
 
     def _expanded(self, text: str) -> str:
         """A caption or template as the text encoder sees it: {token} filled, vectors expanded."""
@@ -78,20 +77,22 @@ class Captioner:
 
 
 class TextConditioner:
-    """Text encoder output for a batch of captions, memoised when the text side is frozen."""
+    """The conditioning of a batch of captions through the base's text encoder(s), memoised
+    when the text side is frozen. ``size`` (pixels) is what SDXL's time ids state."""
 
-    def __init__(self, text_encoder, frozen: bool) -> None:
-        self.text_encoder = text_encoder
+    def __init__(self, encoders: list[tuple[Any, Any]], frozen: bool, size: int) -> None:
+        self.encoders = encoders  # (tokenizer, encoder) pairs: one, or SDXL's two
         self.frozen = frozen
-        self._memo: dict[str, torch.Tensor] = {}
+        self.size = size
+        self._memo: dict[str, Conditioning] = {}
 
-    def __call__(self, texts: list[str], ids: torch.Tensor) -> torch.Tensor:  # -> (B, 77, D)
+    def __call__(self, texts: list[str]) -> Conditioning:  # (B, 77, D) states, + SDXL's (B, P) and (B, 6)
         if not self.frozen:
-            return self.text_encoder(ids)[0]
-        missing = [i for i, t in enumerate(texts) if t not in self._memo]
+            return encode(self.encoders, texts, size=self.size)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
         if missing:
             with torch.no_grad():
-                out = self.text_encoder(ids[missing])[0]
-            for j, i in enumerate(missing):
-                self._memo[texts[i]] = out[j]
-        return torch.stack([self._memo[t] for t in texts])
+                out = encode(self.encoders, missing, size=self.size)
+            for j, text in enumerate(missing):
+                self._memo[text] = out.rows(slice(j, j + 1))
+        return Conditioning.cat([self._memo[t] for t in texts])

@@ -21,12 +21,12 @@ def validation_grid(base: BaseModel, prompts: list[str], seeds: list[int], *, re
     """
     pipe = base.pipeline()
     modes = (base.unet.training, base.text_encoder.training)
-    base.unet.eval(), base.text_encoder.eval()
+    base.unet.eval(), base.text_encoders_train(False)
     try:
         rows = [sample(pipe, SampleRequest(prompt=p, seeds=seeds, steps=steps, guidance=guidance, size=resolution))
                 for p in prompts]
     finally:
-        base.unet.train(modes[0]), base.text_encoder.train(modes[1])
+        base.unet.train(modes[0]), base.text_encoders_train(modes[1])
     return save_grid(torch.stack(rows), prompts, path, column_labels=[f"seed {s}" for s in seeds])
 
 

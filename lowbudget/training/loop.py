@@ -115,7 +115,8 @@ def run_steps(run: Run, recipe: Recipe, steps: range, *, bar: Progress, out: Pat
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, total=optim.max_steps, warmup=optim.warmup_steps, shape=optim.schedule)
         if run.bank is not None:
-            run.bank.parameter.requires_grad_(step < run.ti_steps)
+            for p in run.bank.parameters:
+                p.requires_grad_(step < run.ti_steps)
 
         step_loss = torch.zeros((), device=device)
         for micro in range(optim.grad_accum):
@@ -128,10 +129,9 @@ def run_steps(run: Run, recipe: Recipe, steps: range, *, bar: Progress, out: Pat
             idx, x0 = everyone[mine], x0[mine]  # (B,), (B, 4, h, w)
             x_t = run.scheduler.add_noise(x0, noise, t)
             target = noise if run.scheduler.config.prediction_type == "epsilon" else run.scheduler.get_velocity(x0, noise, t)
-            ids = run.captioner.ids(texts).to(device)  # (B, 77)
             with accelerator.autocast():
-                cond = run.condition(texts, ids)  # (B, 77, D)
-                pred = run.unet(x_t.to(run.weight_dtype), t, cond).sample  # (B, 4, h, w)
+                cond = run.condition(texts)  # (B, 77, D) states; on SDXL + pooled (B, 1280) and time ids (B, 6)
+                pred = run.unet(x_t.to(run.weight_dtype), t, **cond.unet_kwargs()).sample  # (B, 4, h, w)
             weights = (min_snr_weights(run.scheduler.alphas_cumprod, t, optim.snr_gamma, run.scheduler.config.prediction_type)
                        if optim.snr_gamma else None)  # (B,)
             loss = masked_mse(pred.float(), target.float(), run.masks[idx] if run.masks is not None else None, weights)
@@ -181,16 +181,16 @@ def _evaluate(run: Run, recipe: Recipe, step: int) -> bool:
     when on); True when the stopping rule says stop."""
     losses = {}
     modes = run.unet.training, run.base.text_encoder.training
-    run.unet.eval(), run.base.text_encoder.eval()  # no dropout: the same loss for the same tensors
+    run.unet.eval(), run.base.text_encoders_train(False)  # no dropout: the same loss for the same tensors
     try:
         with swapped_in(run.trainable, run.ema.shadow) if run.ema else nullcontext(), run.accelerator.autocast():
             for name, fixed in (("validation", run.validation_loss), ("dvar", run.dvar_loss)):
                 if fixed is not None:
-                    losses[name] = fixed(run.unet, run.condition, run.captioner.ids, dtype=run.weight_dtype,
+                    losses[name] = fixed(run.unet, run.condition, dtype=run.weight_dtype,
                                          batch_size=4 * recipe.optim.batch_size)
                     run.evaluations[name].append((step, losses[name]))
     finally:
-        run.unet.train(modes[0]), run.base.text_encoder.train(modes[1])
+        run.unet.train(modes[0]), run.base.text_encoders_train(modes[1])
     deciding = losses.get("dvar" if recipe.optim.stop == "dvar" else "validation")
     if deciding is None:
         return False
@@ -328,8 +328,8 @@ def write_adapters(out: Path, base: BaseModel, bank: TokenBank | None, recipe: R
     if bank is not None:
         for token, cfg in zip(bank.tokens, recipe.method.tokens):
             path = out / own_files.token_file_name(token.name)
-            written.append(own_files.save_embedding(path, token.name, bank.vectors(token.name), provenance,
-                                                init=cfg.init, dtype=dtype))
+            written.append(own_files.save_embedding(path, token.name, own_files.embedding_parts(bank.vectors(token.name)),
+                                                    provenance, init=cfg.init, dtype=dtype))
     if recipe.method.trains_lora:
         written.append(own_files.save_lora(out / own_files.LORA_WEIGHT_NAME, lora_state_dict(base),
                                        lora_adapter_metadata(base), provenance, dtype=dtype))

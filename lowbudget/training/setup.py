@@ -91,9 +91,9 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     text_trains = bank is not None or (method.trains_lora and method.lora.text_encoder)
     if recipe.model.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-        if text_trains:
-            base.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base.unet.train(), base.text_encoder.train()
+        for _, encoder in base.text_encoders if text_trains else []:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.unet.train(), base.text_encoders_train(True)
 
     captioner = Captioner(images, data, base.tokenizer, bank)
     latents = _latents(base, images, accelerator.device, weight_dtype, log)
@@ -107,19 +107,19 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
 
     groups = []  # no optimiser state for the 49,408-row vocabulary: the token rows only
     if bank is not None:
-        groups.append({"params": [bank.parameter], "lr": optim.lr_ti, "weight_decay": 0.0, "name": "tokens"})
+        groups.append({"params": bank.parameters, "lr": optim.lr_ti, "weight_decay": 0.0, "name": "tokens"})
     if lora:
         groups.append({"params": lora, "lr": optim.lr_lora, "weight_decay": optim.weight_decay, "name": "lora"})
     optimizer = torch.optim.AdamW(groups)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
-    text_encoder = accelerator.prepare(base.text_encoder) if text_trains else base.text_encoder
+    encoders = [(tok, accelerator.prepare(enc) if text_trains else enc) for tok, enc in base.text_encoders]
     run = Run(
         accelerator=accelerator, weight_dtype=weight_dtype, base=base, fingerprint=fingerprint, bank=bank,
         trainable=trainable, captioner=captioner, latents=latents, scaling=scaling,
         masks=latents.masks.to(accelerator.device) if latents.masks is not None else None, n_images=len(images),
         optimizer=accelerator.prepare(optimizer), unet=accelerator.prepare(base.unet) if lora else base.unet,
-        condition=TextConditioner(text_encoder, frozen=not text_trains), scheduler=scheduler,
+        condition=TextConditioner(encoders, frozen=not text_trains, size=recipe.data.resolution), scheduler=scheduler,
         ti_steps=math.ceil(method.ti_fraction * optim.max_steps) if method.kind == "ti+lora" else optim.max_steps,
         stopper=Stopper(optim.stop, patience=optim.patience, window=optim.window, threshold=optim.dvar_threshold,
                         min_steps=optim.min_steps),
@@ -144,7 +144,7 @@ def attach_adapters(base: BaseModel, method: MethodConfig, seed: int) -> tuple[T
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         lora = attach_lora(base, method.lora) if method.trains_lora else []
-    trainable = {"tokens": bank.parameter} if bank is not None else {}
+    trainable = dict(bank.trainable) if bank is not None else {}
     trainable.update(dict(lora_parameters(base)))
     return bank, lora, trainable
 
@@ -198,7 +198,8 @@ def frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype)
     base = load_base(recipe.model.base, prediction_type=recipe.model.prediction_type,
                      expected_family=recipe.model.family)
     base.fingerprint  # of the vocabulary as loaded: a bf16 copy would hash to another base's fingerprint
-    for part in ("unet", "text_encoder", "vae"):  # by name: no loop variable keeps a module alive
+    parts = ("unet", "text_encoder", "vae") + (("text_encoder_2",) if base.is_xl else ())
+    for part in parts:  # by name: no loop variable keeps a module alive
         getattr(base, part).requires_grad_(False)
         if weight_dtype == torch.float32:  # an fp32 cast would only make diffusers warn
             getattr(base, part).to(device)

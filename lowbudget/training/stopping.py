@@ -50,15 +50,14 @@ class FixedLoss:
         return len(self.texts)
 
     @torch.no_grad()
-    def __call__(self, unet: torch.nn.Module, condition: Callable, tokenize: Callable[[list[str]], torch.Tensor], *,
-                 dtype: torch.dtype, batch_size: int) -> float:
+    def __call__(self, unet: torch.nn.Module, condition: Callable, *, dtype: torch.dtype, batch_size: int) -> float:
         device = next(unet.parameters()).device
         total = 0.0
         for i in range(0, len(self), batch_size):
             rows = slice(i, i + batch_size)
             texts = self.texts[rows]
-            cond = condition(texts, tokenize(texts).to(device))  # (b, 77, D)
-            pred = unet(self.x_t[rows].to(device, dtype), self.t[rows].to(device), cond).sample  # (b, 4, h, w)
+            cond = condition(texts)  # (b, 77, D) states (+ SDXL's pooled embedding and time ids)
+            pred = unet(self.x_t[rows].to(device, dtype), self.t[rows].to(device), **cond.unet_kwargs()).sample  # (b, 4, h, w)
             mask = self.masks[rows].to(device) if self.masks is not None else None
             total += masked_mse(pred.float(), self.target[rows].to(device), mask).item() * len(texts)
         return total / len(self)
