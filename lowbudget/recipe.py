@@ -168,7 +168,7 @@ class LoraConfig:
         "cross-kv",
     )
     target_modules: list[str] = _help("Module name suffixes for preset = 'custom'.", factory=list)
-    text_encoder: bool = _help("Also put LoRA on the text encoder's attention projections.", False)
+    text_encoder: bool = _help("Also put LoRA on the text encoder's attention projections (both encoders on SDXL).", False)
 
     def __post_init__(self) -> None:
         _positive("method.lora.rank", self.rank)

@@ -22,7 +22,8 @@ def _rename_resnet(rest: str, table: dict[str, str]) -> str:
 def unet_to_ldm(sd: dict[str, torch.Tensor], layers_per_block: int, n_levels: int) -> dict[str, torch.Tensor]:
     out, per = {}, layers_per_block + 1
     fixed = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-             "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
+             "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL
     for key, value in sd.items():
         parts = key.split(".")
         prefix = next((p for p in fixed if key.startswith(p + ".")), None)
@@ -95,4 +96,51 @@ def write_ldm_checkpoint(folder, path, *, layers_per_block: int, unet_levels: in
     for key, value in te.items():  # SD 1.x: the HF CLIP text model under one prefix
         key = key if key.startswith("text_model.") else f"text_model.{key}"
         ckpt[f"cond_stage_model.transformer.{key}"] = value
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, str(path))
+
+
+_OPEN_CLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+              "self_attn.out_proj": "attn.out_proj"}
+
+
+def open_clip_to_ldm(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder (CLIPTextModelWithProjection) in OpenCLIP's names: q, k and v
+    as one in_proj, the projection transposed."""
+    out, qkv = {}, {}
+    fixed = {"embeddings.token_embedding.weight": "token_embedding.weight",
+             "embeddings.position_embedding.weight": "positional_embedding",
+             "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+    for key, value in sd.items():
+        key = key.removeprefix("text_model.")
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T.contiguous()
+        elif key in fixed:
+            out[prefix + fixed[key]] = value
+        elif key.startswith("encoder.layers."):
+            _, _, i, rest = key.split(".", 3)
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                qkv.setdefault((i, rest.split(".")[-1]), {})[rest.split(".")[1]] = value
+                continue
+            for new, old in _OPEN_CLIP.items():
+                rest = rest.replace(new, old)
+            out[f"{prefix}transformer.resblocks.{i}.{rest}"] = value
+    for (i, kind), parts in qkv.items():
+        out[f"{prefix}transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
+    return out
+
+
+def write_ldm_xl_checkpoint(folder, path, *, layers_per_block: int, unet_levels: int, vae_levels: int) -> None:
+    """An SDXL diffusers folder as an original single file: both encoders under conditioner.embedders."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").state_dict()
+    vae = AutoencoderKL.from_pretrained(folder / "vae").state_dict()
+    ckpt = unet_to_ldm(unet, layers_per_block, unet_levels) | vae_to_ldm(vae, vae_levels)
+    for key, value in CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict().items():
+        key = key if key.startswith("text_model.") else f"text_model.{key}"
+        ckpt[f"conditioner.embedders.0.transformer.{key}"] = value
+    te2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").state_dict()
+    ckpt |= open_clip_to_ldm(te2, "conditioner.embedders.1.model.")
     save_file({k: v.contiguous() for k, v in ckpt.items()}, str(path))

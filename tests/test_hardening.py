@@ -88,7 +88,7 @@ def test_lora_for_modules_or_shapes_the_base_lacks_is_refused(monkeypatch, capsy
 def test_a_token_that_is_already_a_word_is_refused_by_convert_and_library_add(monkeypatch, capsys, tmp_path):
     emb = save_embedding(tmp_path / "lung.safetensors", "lung", torch.randn(2, 32), Provenance("b", "f"))
     code, _, err = run(monkeypatch, capsys, "convert", emb, "--to", "a1111")
-    assert_one_line_error(code, err, r"token 'lung' already exists in the vocabulary of 'CLIP \(every SD 1.x / 2.x base\)'")
+    assert_one_line_error(code, err, r"token 'lung' already exists in the vocabulary of 'CLIP \(every SD 1.x / 2.x / XL base\)'")
     code, _, err = run(monkeypatch, capsys, "library", "add", emb, "--library", tmp_path / "lib")
     assert_one_line_error(code, err, r"token 'lung' already exists")
     assert not (tmp_path / "lib").exists()

@@ -133,8 +133,8 @@ def test_single_file_checkpoint_loads_like_its_folder(tmp_path, tiny_base, monke
 def test_sdxl_lora_sizes_are_counted_on_the_meta_device():
     """benchmarks/sdxl_sizes.py against arithmetic: cross-kv at rank r is, per cross-attention
     block, two projections of A (r x text width) and B (U-Net width x r). SDXL has 10 blocks at
-    width 640 and 60 at 1280 over a text width of 2048; SD 1.5 two blocks per level at 320, 640,
-    1280 down, three up, one in the middle, over 768."""
+    width 640 and 60 at 1280 over a text width of 2048 (the preset adapts the 640-wide ones); SD 1.5
+    two blocks per level at 320, 640, 1280 down, three up, one in the middle, over 768."""
     import subprocess
     import sys
 
@@ -145,5 +145,6 @@ def test_sdxl_lora_sizes_are_counted_on_the_meta_device():
     rows = {(cells[1], cells[4]): int(cells[5].replace(",", "")) for line in out.splitlines()
             if len(cells := [c.strip() for c in line.split("|")]) > 5 and cells[4].isdigit()}
     kv = lambda blocks, width, text, r: blocks * 2 * (r * text + width * r)  # noqa: E731
-    assert rows[("SDXL", "4")] == kv(10, 640, 2048, 4) + kv(60, 1280, 2048, 4) == 1_812_480
+    assert rows[("SDXL, every block", "4")] == kv(10, 640, 2048, 4) + kv(60, 1280, 2048, 4) == 1_812_480
+    assert rows[("SDXL", "4")] == kv(10, 640, 2048, 4) == 215_040 < 2**20 / 4  # the preset: under 1 MB in fp32
     assert rows[("SD 1.5", "4")] == kv(5, 320, 768, 4) + kv(5, 640, 768, 4) + kv(6, 1280, 768, 4) == 198_144

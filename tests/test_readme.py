@@ -1,8 +1,8 @@
 """The README is the user's manual: every `lowbudget` command and Python snippet in it runs here.
 
 `make demo` and `make test` are run by CI (.ci/run). Paths to the user's model and data are
-replaced by a tiny SD 1.x-shaped model (text width 768) and a folder of phantoms, and
-training commands are shortened to one step at 32 px.
+replaced by a tiny SD 1.x-shaped model (text width 768), a tiny SDXL-shaped one and a folder of
+phantoms, and training commands are shortened to one step at 32 px.
 """
 
 import json
@@ -53,6 +53,7 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
     from lowbudget.phantoms import write_chest_phantoms
 
     base = write_base_folder(tmp_path / "models" / "sd15", "tiny", text_width=768)  # named as the README's
+    xl = write_base_folder(tmp_path / "models" / "sdxl", "tiny-xl")
     for name, seed in (("cxr-by-class", 1), ("synthetic-by-class", 2)):
         for k, finding in enumerate(("effusion", "none")):
             write_chest_phantoms(tmp_path / name / finding, n=6, finding=finding, size=48, seed=seed + 10 * k)
@@ -67,7 +68,7 @@ def user_site(tmp_path, monkeypatch, mixed_folder):
     rows = [json.loads(line) for line in (tmp_path / "site-b" / "metadata.jsonl").read_text().splitlines()]
     (tmp_path / "site-b" / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "a chest x-ray"}) + "\n" for r in rows))
     return {"/data/site-a": str(mixed_folder), "/data/site-b": str(tmp_path / "site-b"),
-            "/models/sd15": str(base), "sd15=/models/sd15": f"sd15={base}", "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
+            "/models/sd15": str(base), "sd15=/models/sd15": f"sd15={base}", "/models/sdxl": str(xl), "/data/cxr": str(mixed_folder), "/models/inception-v3.pt": str(tmp_path / "extractor.pt"),
             "/data/cxr-by-class": str(tmp_path / "cxr-by-class"), "/data/synthetic-by-class": str(tmp_path / "synthetic-by-class")}
 
 
@@ -137,21 +138,20 @@ def test_readme_federation_runs(user_site):
 
 
 def test_every_readme_python_snippet_runs(user_site, monkeypatch, capsys):
-    from diffusers import StableDiffusionPipeline
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    for line in readme_commands():  # the snippets use the files the commands write
-        if line.startswith("lowbudget train") and "--output runs/cxr" in line:
-            args = [user_site.get(a, a) for a in shlex.split(line, comments=True)[1:]] + SHORT_TRAINING
-            assert run(monkeypatch, capsys, *args)[0] == 0
-            break
-    real_call = StableDiffusionPipeline.__call__
+    for output in ("runs/cxr", "runs/cxr-xl"):  # the snippets use the files the commands write
+        line = next(line for line in readme_commands() if line.startswith("lowbudget train") and line.endswith(f"--output {output}"))
+        args = [user_site.get(a, a) for a in shlex.split(line, comments=True)[1:]] + SHORT_TRAINING
+        assert run(monkeypatch, capsys, *args)[0] == 0
     calls = []
+    for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline):
+        def small_call(self, prompt, _real=cls.__call__, **kwargs):  # the same pipeline, 2 steps at 32 px
+            calls.append(prompt)
+            return _real(self, prompt, num_inference_steps=2, height=32, width=32)
 
-    def small_call(self, prompt, **kwargs):  # the same pipeline, 2 steps at 32 px
-        calls.append(prompt)
-        return real_call(self, prompt, num_inference_steps=2, height=32, width=32)
-
-    monkeypatch.setattr(StableDiffusionPipeline, "__call__", small_call)
+        monkeypatch.setattr(cls, "__call__", small_call)
     snippets = blocks("python")
     assert len(snippets) >= 2
     for code in snippets:
@@ -162,5 +162,11 @@ def test_every_readme_python_snippet_runs(user_site, monkeypatch, capsys):
         image = namespace["image"]
         assert (image.size if hasattr(image, "size") and not callable(image.size) else tuple(image.shape[-2:])) == (32, 32)
         if "load_adapter" in code or "load_textual_inversion" in code:
-            assert "<chest-xray>_63" in namespace["pipe"].tokenizer.get_vocab()
+            pipe = namespace["pipe"]
+            assert "<chest-xray>_63" in pipe.tokenizer.get_vocab()
+            if "tokenizer_2" in code:  # SDXL: the token in both encoders, as the file holds it
+                assert "<chest-xray>_63" in pipe.tokenizer_2.get_vocab()
+                parts = namespace["parts"]
+                ids = pipe.tokenizer_2.convert_tokens_to_ids(["<chest-xray>", "<chest-xray>_63"])
+                assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[ids].detach(), parts["clip_g"][[0, 63]])
     assert len(calls) == sum("pipe(" in code for code in snippets)

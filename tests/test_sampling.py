@@ -129,8 +129,8 @@ def test_lerp_slerp_endpoints_norms_and_unequal_counts():
 def test_temporary_token_is_removed_afterwards(tiny_base):
     pipe = load_base(tiny_base).pipeline()
     before = len(pipe.tokenizer)
-    with temporary_token(pipe, torch.randn(3, 32)) as token:
-        assert len(pipe.tokenizer) == before + 3 and token_vectors(pipe, token).shape == (3, 32)
+    with temporary_token(pipe, [torch.randn(3, 32)]) as token:
+        assert len(pipe.tokenizer) == before + 3 and [v.shape for v in token_vectors(pipe, token)] == [(3, 32)]
     assert len(pipe.tokenizer) == before and token not in pipe.tokenizer.get_vocab()
 
 

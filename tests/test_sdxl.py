@@ -77,6 +77,22 @@ def test_composition_on_sdxl_mixes_each_sub_prompts_pooled_embedding(xl_base):
         sample_states(pipe, req, cond.states, [0.5, 0.5])
 
 
+def test_embedding_level_interpolation_on_sdxl_mixes_each_encoders_vectors(xl_base, trained_ti):
+    from lowbudget.sampling.interpolate import mix, temporary_token, token_vectors
+
+    pipe = load_base(xl_base).pipeline()
+    lowbudget.load_adapter(pipe, trained_ti / "effusion.safetensors", warn=lambda m: None)
+    a, b = token_vectors(pipe, "<effusion>"), token_vectors(pipe, "a heart")
+    assert [v.shape[-1] for v in a] == [32, 64]
+    half = mix("slerp", a, b, 0.5)
+    sizes = [len(pipe.tokenizer), len(pipe.tokenizer_2)]
+    with temporary_token(pipe, half) as token:
+        for got, want in zip(token_vectors(pipe, token), half):
+            torch.testing.assert_close(got, want)
+        assert sample(pipe, SampleRequest(prompt=f"a {token}", seeds=[0], **FAST)).shape == (1, 3, 32, 32)
+    assert [len(pipe.tokenizer), len(pipe.tokenizer_2)] == sizes  # removed from both
+
+
 def test_inpainting_on_sdxl_keeps_the_known_region(xl_base):
     pipe = load_base(xl_base).pipeline()
     image = torch.rand(1, 3, 32, 32)
@@ -86,6 +102,29 @@ def test_inpainting_on_sdxl_keeps_the_known_region(xl_base):
                                      **FAST))
     torch.testing.assert_close(out[0][:, mask[0, 0] == 0], image[0][:, mask[0, 0] == 0])
     assert (out[0][:, mask[0, 0] == 1] - image[0][:, mask[0, 0] == 1]).abs().mean() > 0.01
+
+
+@pytest.mark.parametrize("in_channels", [4, 9])
+def test_a_single_file_sdxl_checkpoint_loads_like_its_folder(tmp_path, monkeypatch, in_channels):
+    """Original (LDM) keys, both encoders under conditioner.embedders, loaded offline through
+    diffusers' from_single_file with identical weights; the inpainting variant too."""
+    import lowbudget.models.single_file as single_file
+    from ldm import write_ldm_xl_checkpoint
+
+    folder = write_base_folder(tmp_path / "folder", "tiny-xl", in_channels=in_channels)
+    path = tmp_path / "tiny-xl.safetensors"
+    write_ldm_xl_checkpoint(folder, path, layers_per_block=1, unet_levels=2, vae_levels=2)
+    assert single_file.detect_family(path) == "sdxl" and single_file.unet_in_channels(path) == in_channels
+    monkeypatch.setattr(single_file, "detect_family", lambda p: "tiny-xl")  # tiny configs, not SDXL's sizes
+    single, reference = load_base(path), load_base(folder)
+    assert single.family == "sdxl" and single.name == "tiny-xl"
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(single, part).state_dict(), getattr(reference, part).state_dict()
+        assert set(a) == set(b), part
+        for key in a:
+            assert torch.equal(a[key].reshape(b[key].shape), b[key]), f"{part}.{key}"
+    assert single.fingerprint == reference.fingerprint
+    assert single.tokenizer_2.pad_token == "!" and single.extras["force_zeros_for_empty_prompt"]
 
 
 def test_an_sdxl_inpainting_folder_feeds_mask_and_image_to_its_unet(tmp_path):
@@ -136,9 +175,13 @@ def test_half_tokens_and_one_encoder_embeddings_are_refused_on_sdxl(xl_base, tra
     base = load_base(xl_base)
     one = tmp_path / "one.safetensors"
     save_file({"<e>": torch.ones(2, 32)}, one)
-    with pytest.raises(AdapterError, match=r"embedding for one text encoder, width 32; base 'xl' is SDXL with two "
-                                           r"\(32 \+ 64\), and a 32 embedding cannot load onto SDXL's second encoder"):
+    with pytest.raises(AdapterError, match=r"holds one part, for one text encoder; base 'xl' is SDXL with two "
+                                           r"\(32 \+ 64\): a 32-wide embedding cannot load onto SDXL's second encoder \(64\)"):
         check_embedding(read_embedding(one), base.text_encoders, base_name="xl")
+    sd1 = tmp_path / "sd1.safetensors"
+    save_file({"<e>": torch.ones(2, 768)}, sd1)
+    with pytest.raises(AdapterError, match=r"an SD 1.x embedding \(768\) cannot load onto SDXL's second encoder \(64\)"):
+        check_embedding(read_embedding(sd1), base.text_encoders, base_name="xl")
     uneven = tmp_path / "uneven.safetensors"
     save_file({"clip_l": torch.ones(2, 32), "clip_g": torch.ones(3, 64)}, uneven)
     with pytest.raises(AdapterError, match=r"parts hold different numbers of vectors \(clip_l 2, clip_g 3\)"):
@@ -164,6 +207,9 @@ def test_sdxl_lora_on_unet_and_both_encoders_loads_in_plain_diffusers(xl_base, m
     prefixes = {k.split(".")[0] for k in tensors}
     assert prefixes == {"unet", "text_encoder", "text_encoder_2"}
     assert all(tensors[k].abs().sum() > 0 for k in tensors if "lora_B" in k and k.startswith("unet."))  # trained
+    unet_modules = {k.split(".lora_")[0].removeprefix("unet.") for k in tensors if k.startswith("unet.")}
+    assert unet_modules == {f"{block}.attentions.0.transformer_blocks.{i}.attn2.to_{p}"  # the preset: the one level
+                            for block in ("down_blocks.1", "up_blocks.0") for i in (0, 1) for p in "kv"}  # that reads text
     metadata = json.loads(read_header(path)["lora_adapter_metadata"])
     assert metadata["text_encoder_2.r"] == 2 and metadata["unet.r"] == 2
 
@@ -201,4 +247,4 @@ def test_the_commands_run_on_an_sdxl_base(monkeypatch, capsys, xl_base, trained_
     save_file({"<one>": torch.ones(2, 32)}, one)
     code, _, err = run(monkeypatch, capsys, "generate", "x <one>", "--base", xl_base, "--adapter", one,
                        "--output", tmp_path / "bad")
-    assert_one_line_error(code, err, r"'.*one.safetensors' is an embedding for one text encoder, width 32; base .* is SDXL")
+    assert_one_line_error(code, err, r"'.*one.safetensors' holds one part, for one text encoder; base .* is SDXL")

@@ -23,7 +23,7 @@ from lowbudget.errors import LowbudgetError, SignatureError
 from lowbudget.models import load_base
 from lowbudget.adapters.keys import new_keys
 from lowbudget.sharing.library import add_to_library, read_index, verify_library
-from lowbudget.sharing.remote import PullError, publish, pull
+from lowbudget.sharing.remote import publish, pull
 from lowbudget.adapters.signing import read_signature, sign_file, verify_file
 from helpers import assert_one_line_error, run
 
@@ -332,7 +332,7 @@ def test_the_release_check_refuses_a_lora_trained_to_copy_its_training_images(tm
     """The real thing, on the embedded base (about 2 minutes on 2 CPU cores): a LoRA trained
     600 steps on 8 phantoms hands them back and is refused; the same LoRA after 1 step is not."""
     from lowbudget.phantoms import write_chest_phantoms
-    from lowbudget.recipe import (DataConfig, LoraConfig, MethodConfig, ModelConfig, OptimConfig, OutputConfig,
+    from lowbudget.recipe import (DataConfig, LoraConfig, MethodConfig, OptimConfig, OutputConfig,
                                   Recipe)
     from lowbudget.sharing.release import ReleaseCheck, ReleaseRefused, share
     from lowbudget.training import train

@@ -15,7 +15,7 @@ import torch
 from lowbudget.adapters.foreign_layouts import EmbeddingFile
 from lowbudget.adapters.textual_inversion import taken_pieces
 from lowbudget.errors import AdapterError
-from lowbudget.models.base import describe_width, encoders_fingerprint
+from lowbudget.models.base import FAMILY_NAMES, describe_width, encoders_fingerprint, family_of_width
 from lowbudget.models.tokenizer import clip_tokenizer
 
 
@@ -53,10 +53,13 @@ def _vectors_per_encoder(emb: EmbeddingFile, widths: list[int], base_name: str) 
             )
         return [emb.vectors(widths[0])]
     if emb.layout != "sdxl":  # one part: it would be half a token on a two-encoder base
+        family = family_of_width(emb.widths[0])
+        what = (f"an {FAMILY_NAMES[family]} embedding ({emb.widths[0]})" if family != "custom"
+                else f"a {emb.widths[0]}-wide embedding")
         raise AdapterError(
-            f"'{emb.path}' is an embedding for one text encoder, width {have}{made_for}; base '{base_name}' is SDXL "
-            f"with two ({' + '.join(map(str, widths))}), and a {have} embedding cannot load onto SDXL's second encoder "
-            f"({describe_width(widths[1])}); use an SDXL embedding (clip_l and clip_g parts)"
+            f"'{emb.path}'{made_for} holds one part, for one text encoder; base '{base_name}' is SDXL with two "
+            f"({' + '.join(map(str, widths))}): {what} cannot load onto SDXL's second encoder ({widths[1]}); "
+            "use an SDXL embedding (clip_l and clip_g parts)"
         )
     parts = list(emb.parts.items())  # clip_l, clip_g: read in this order (foreign_layouts.SDXL_PARTS)
     for (name, tensor), width, which in zip(parts, widths, ("first", "second")):

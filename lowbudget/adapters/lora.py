@@ -4,7 +4,11 @@ Presets name *where* the low-rank updates go:
 
 - ``cross-kv``  U-Net cross-attention key/value projections (``attn2.to_k``, ``attn2.to_v``):
   the layers that read the prompt. At rank 4 on SD 1.5 shapes this is 198,144 parameters
-  (~0.8 MB in fp32), the smallest file that still changes how text maps to image.
+  (~0.8 MB in fp32), the smallest file that still changes how text maps to image. On SDXL
+  every such layer would be 1,812,480 parameters (7.2 MB: 70 blocks reading 2048-wide text), so
+  there the preset adapts the blocks of the highest-resolution level that reads text -- the 10
+  blocks at width 640 (64 x 64 latents at 1024 px): 215,040 parameters, 0.86 MB in fp32
+  (``benchmarks/sdxl_sizes.py``).
 - ``attention`` every U-Net attention projection (q, k, v, out) of self- and cross-attention.
 - ``custom``    the recipe's ``target_modules`` suffixes.
 
@@ -33,8 +37,28 @@ PEFT_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_wei
              "rank_pattern", "alpha_pattern")  # diffusers 0.38 fails to load a LoRA without rank_pattern
 
 
-def unet_targets(cfg: LoraConfig) -> list[str]:
-    return list(cfg.target_modules) if cfg.preset == "custom" else PRESET_TARGETS[cfg.preset]
+def unet_targets(cfg: LoraConfig, unet: torch.nn.Module) -> list[str]:
+    """The module names (or name suffixes) peft adapts in ``unet`` for the recipe's preset."""
+    if cfg.preset == "custom":
+        return list(cfg.target_modules)
+    if cfg.preset == "cross-kv" and unet.config.get("addition_embed_type") == "text_time":  # SDXL
+        return _first_cross_attention_level(unet)
+    return PRESET_TARGETS[cfg.preset]
+
+
+def _first_cross_attention_level(unet: torch.nn.Module) -> list[str]:
+    """Full names of the cross-attention K/V projections at the highest-resolution U-Net level
+    that has any (level 0 = full latent size; the middle block is the deepest)."""
+    n = len(unet.config.block_out_channels)
+
+    def level(name: str) -> int:
+        kind, _, rest = name.partition(".")
+        index = int(rest.split(".")[0]) if kind in ("down_blocks", "up_blocks") else n
+        return index if kind == "down_blocks" else n - 1 - index if kind == "up_blocks" else n
+
+    names = [name for name, _ in unet.named_modules() if name.endswith(tuple(PRESET_TARGETS["cross-kv"]))]
+    first = min(map(level, names))
+    return sorted(name for name in names if level(name) == first)
 
 
 def attach_lora(base: BaseModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
@@ -44,7 +68,7 @@ def attach_lora(base: BaseModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
                               init_lora_weights=True, target_modules=targets)
 
     try:
-        base.unet.add_adapter(peft_config(unet_targets(cfg)))
+        base.unet.add_adapter(peft_config(unet_targets(cfg, base.unet)))
         for _, encoder in base.text_encoders if cfg.text_encoder else []:
             encoder.add_adapter(peft_config(TEXT_ENCODER_TARGETS))
     except ValueError as exc:  # peft: "Target modules ... not found"; transformers: "PEFT ... not compatible"

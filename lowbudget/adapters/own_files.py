@@ -5,7 +5,7 @@ other tools' layouts are read and written by :mod:`lowbudget.adapters.foreign_la
   (``pipe.load_textual_inversion(path)``), with provenance in the safetensors header. An SDXL
   token is ``{"clip_l": [n, 768], "clip_g": [n, 1280]}``, the layout ComfyUI, the A1111 forks
   and diffusers' SDXL examples read (diffusers loads each part into its encoder).
-- LoRA: ``unet.*`` / ``text_encoder.*`` keys and diffusers' ``lora_adapter_metadata`` header
+- LoRA: ``unet.*`` / ``text_encoder.*`` (SDXL: and ``text_encoder_2.*``) keys and diffusers' ``lora_adapter_metadata`` header
   entry (``pipe.load_lora_weights(folder)``), with the same provenance.
 
 Header values are strings (a safetensors rule). No image data, file names, local paths or

@@ -28,7 +28,7 @@ from lowbudget.bench.tables import markdown_table, save_inpainting_panel, save_s
 from lowbudget.phantoms import chest, detectors
 from lowbudget.phantoms.world import generate
 from lowbudget.sampling.compose import interpolation, interpolation_weights
-from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
+from lowbudget.sampling.interpolate import mix, temporary_token, token_vectors
 from lowbudget.sampling.masks import box_mask, feather as soften
 from lowbudget.sampling.prompts import encode_texts
 from lowbudget.sampling.sampler import Inpainting, Watch, decode, sample, sample_states
@@ -135,7 +135,7 @@ def conditioning_progress(pipe, method: str, weights: list[float]) -> list[float
     a, b = token_vectors(pipe, A), token_vectors(pipe, B)
     states = []
     for w in weights:
-        with temporary_token(pipe, MIXERS[method](a, b, w)) as token:
+        with temporary_token(pipe, mix(method, a, b, w)) as token:
             states.append(encode_texts(pipe, [TEMPLATE.format(token)]).states[0].flatten().float())  # (77 * D,)
     line = states[-1] - states[0]
     return [float((s - states[0]) @ line / (line @ line)) for s in states]

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from lowbudget.errors import LowbudgetError
-from lowbudget.sampling.interpolate import MIXERS, temporary_token, token_vectors
+from lowbudget.sampling.interpolate import MIXERS, mix, temporary_token, token_vectors
 from lowbudget.sampling.prompts import SubPrompt, format_prompt
 from lowbudget.sampling.sampler import SampleRequest, Step, sample
 
@@ -53,7 +53,7 @@ def interpolation(pipe, a: str, b: str, *, steps: int, method: str, template: st
             prompt = format_prompt([p for p in parts if p.weight != 0])
             columns.append(sample(pipe, replace(request, prompt=prompt), watch=step_watch))
         else:
-            vectors = MIXERS[method](token_vectors(pipe, a), token_vectors(pipe, b), w)
+            vectors = mix(method, token_vectors(pipe, a), token_vectors(pipe, b), w)
             with temporary_token(pipe, vectors) as token:
                 prompt = _fill(template, token)
                 columns.append(sample(pipe, replace(request, prompt=prompt), watch=step_watch))

@@ -5,7 +5,8 @@ mixed into a new embedding, loaded as a temporary token, and sampled with an ord
 
 Unequal vector counts: the shorter embedding is extended to the longer one's count by
 repeating its vectors in order (vector i of the extended embedding is vector i mod n), the
-same rule lowbudget uses to initialise a token from fewer initializer words.
+same rule lowbudget uses to initialise a token from fewer initializer words. On SDXL a token
+has vectors in both text encoders: each encoder's are mixed on their own.
 """
 
 from __future__ import annotations
@@ -17,18 +18,29 @@ import torch
 
 from lowbudget.adapters.textual_inversion import loaded_vector_count, token_pieces
 from lowbudget.errors import LowbudgetError
+from lowbudget.models.text import text_encoders
 
 
-def token_vectors(pipe, name: str) -> torch.Tensor:
-    """(n, D): a learned token's vectors ('<t>', '<t>_1', ...), or the embedding of plain words."""
-    vocab = pipe.tokenizer.get_vocab()
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+def token_vectors(pipe, name: str) -> list[torch.Tensor]:
+    """(n, D) per text encoder: a learned token's vectors ('<t>', '<t>_1', ...), or the
+    embedding of plain words."""
+    return [_vectors(tokenizer, encoder, name) for tokenizer, encoder in text_encoders(pipe)]
+
+
+def _vectors(tokenizer, encoder, name: str) -> torch.Tensor:
+    vocab = tokenizer.get_vocab()
+    table = encoder.get_input_embeddings().weight.detach()
     if name in vocab:
         return table[[vocab[p] for p in token_pieces(name, loaded_vector_count(vocab, name))]].float().cpu()
-    ids = pipe.tokenizer(name, add_special_tokens=False).input_ids
+    ids = tokenizer(name, add_special_tokens=False).input_ids
     if not ids:
         raise LowbudgetError(f"{name!r} is neither a learned token nor words the tokenizer knows")
     return table[ids].float().cpu()
+
+
+def mix(method: str, a: list[torch.Tensor], b: list[torch.Tensor], w: float) -> list[torch.Tensor]:
+    """``MIXERS[method]`` applied per text encoder."""
+    return [MIXERS[method](x, y, w) for x, y in zip(a, b, strict=True)]
 
 
 def _match_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,10 +70,18 @@ MIXERS = {"lerp": lerp, "slerp": slerp}
 
 
 @contextlib.contextmanager
-def temporary_token(pipe, vectors: torch.Tensor, name: str = "<lowbudget-mix>") -> Iterator[str]:
-    """Load ``vectors`` as a token for the duration of the block, then remove it again."""
-    pipe.load_textual_inversion({name: vectors}, token=name)
+def temporary_token(pipe, vectors: list[torch.Tensor], name: str = "<lowbudget-mix>") -> Iterator[str]:
+    """Load ``vectors`` (one (n, D) tensor per text encoder) as a token for the duration of the
+    block, then remove it again."""
+    pairs = text_encoders(pipe)
+    if len(vectors) != len(pairs):
+        raise LowbudgetError(f"{len(vectors)} vector tensors for {len(pairs)} text encoders")
+    loaded = []
     try:
+        for (tokenizer, encoder), part in zip(pairs, vectors):
+            pipe.load_textual_inversion({name: part}, token=name, tokenizer=tokenizer, text_encoder=encoder)
+            loaded.append((tokenizer, encoder, len(part)))
         yield name
     finally:  # every piece: diffusers would otherwise leave '<t>_1', '<t>_2', ... behind
-        pipe.unload_textual_inversion(token_pieces(name, len(vectors)))
+        for tokenizer, encoder, n in loaded:
+            pipe.unload_textual_inversion(token_pieces(name, n), tokenizer=tokenizer, text_encoder=encoder)

@@ -96,11 +96,11 @@ def set_up(recipe: Recipe, out: Path, resume: bool, log: Callable[[str], None]) 
     base.unet.train(), base.text_encoders_train(True)
 
     captioner = Captioner(images, data, base.tokenizer, bank)
-    latents = _latents(base, images, accelerator.device, weight_dtype, log)
+    latents = _latents(base, images, accelerator.device, log)
     scaling = float(base.vae.config.scaling_factor)
     scheduler = _noise_scheduler(base, recipe)
     validation_loss = _validation_loss(validation[1], base, bank, recipe, scheduler, scaling, accelerator.device,
-                                       weight_dtype, log) if validation is not None else None
+                                       log) if validation is not None else None
     dvar_loss = _dvar_loss(latents, captioner, recipe, scheduler, scaling) if optim.stop == "dvar" else None
     if not recipe.output.validation_prompts:  # validation is the VAE's only other use: free it
         base.vae = None
@@ -173,9 +173,8 @@ def _validation_images(images: ImageSet, data: DataConfig, log: Callable[[str], 
 
 
 def _validation_loss(images: ImageSet, base: BaseModel, bank: TokenBank | None, recipe: Recipe, scheduler: Any,
-                     scaling: float, device: torch.device, weight_dtype: torch.dtype,
-                     log: Callable[[str], None]) -> FixedLoss:
-    latents = _latents(base, images, device, weight_dtype, log)
+                     scaling: float, device: torch.device, log: Callable[[str], None]) -> FixedLoss:
+    latents = _latents(base, images, device, log)
     captioner = Captioner(images, recipe.data, base.tokenizer, bank)
     seed = recipe.data.validation_seed
     texts = [captioner.text(i, random.Random(seed * 1_000_003 + i)) for i in range(len(images))]
@@ -199,20 +198,21 @@ def frozen_base(recipe: Recipe, device: torch.device, weight_dtype: torch.dtype)
                      expected_family=recipe.model.family)
     base.fingerprint  # of the vocabulary as loaded: a bf16 copy would hash to another base's fingerprint
     parts = ("unet", "text_encoder", "vae") + (("text_encoder_2",) if base.is_xl else ())
+    # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays fp32 under fp16
+    upcast = weight_dtype == torch.float16 and bool(base.vae.config.get("force_upcast", False))
     for part in parts:  # by name: no loop variable keeps a module alive
         getattr(base, part).requires_grad_(False)
-        if weight_dtype == torch.float32:  # an fp32 cast would only make diffusers warn
+        if weight_dtype == torch.float32 or (part == "vae" and upcast):  # an fp32 cast would only make diffusers warn
             getattr(base, part).to(device)
         else:
             getattr(base, part).to(device, weight_dtype)
     return base
 
 
-def _latents(base: BaseModel, images: ImageSet, device: torch.device, weight_dtype: torch.dtype,
-             log: Callable[[str], None]) -> LatentSet:
+def _latents(base: BaseModel, images: ImageSet, device: torch.device, log: Callable[[str], None]) -> LatentSet:
     """Every image encoded once (the VAE never runs inside the loop). The caller drops the
     pixels when this returns: at 512 px, 100 images are ~300 MB of float32."""
-    latents = encode_images(base.vae, images.images, device=device, dtype=weight_dtype, cache_dir=cache_dir() / "latents")
+    latents = encode_images(base.vae, images.images, device=device, dtype=base.vae.dtype, cache_dir=cache_dir() / "latents")
     log(f"latents: {plural(latents.encoded, 'image')} encoded, {len(images) - latents.encoded} from the cache")
     latents.mean, latents.std = latents.mean.to(device), latents.std.to(device)
     return latents
