@@ -8,7 +8,7 @@ import torch
 from lowbudget.errors import ModelError
 from lowbudget.models import load_base
 from lowbudget.models.architectures import write_base_folder
-from lowbudget.models.single_file import config_folder, detect_family
+from lowbudget.models.single_file import config_folder, detect_family, unet_in_channels
 
 
 def test_folder_loads_with_fingerprint_and_family(tiny_base):
@@ -74,20 +74,24 @@ def test_single_file_family_detection_and_errors(tmp_path):
         load_base(junk)
 
 
-@pytest.mark.parametrize("in_channels, kind", [(4, "an SDXL"), (9, "an SDXL inpainting")])
-def test_sdxl_single_files_and_refiners_are_named(tmp_path, monkeypatch, capsys, in_channels, kind):
-    """A single-file SDXL checkpoint (original keys) is recognised and sent to its diffusers
-    folder; a refiner folder (no first text encoder) is named as one, not a shape error."""
+@pytest.mark.parametrize("in_channels", [4, 9])
+def test_sdxl_single_files_are_recognised_and_refiners_named(tmp_path, monkeypatch, capsys, in_channels):
+    """SDXL is recognised from its original keys (both encoders under conditioner.embedders);
+    a refiner, single file or folder (no first text encoder), is named as one, not a shape
+    error. Loading SDXL itself is tested in test_sdxl.py."""
     from safetensors.torch import save_file
 
     from helpers import assert_one_line_error, run
 
+    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, in_channels, 3, 3)}
     single = tmp_path / "sdxl.safetensors"
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, in_channels, 3, 3),
-               "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(2, 768),
-               "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 1280)}, single)
-    with pytest.raises(ModelError, match=f"is {kind} single-file checkpoint; lowbudget loads SDXL from a diffusers folder"):
-        load_base(single)
+    save_file(unet | {"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(2, 768),
+                      "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 1280)}, single)
+    assert detect_family(single) == "sdxl" and unet_in_channels(single) == in_channels
+    refiner = tmp_path / "refiner.safetensors"
+    save_file(unet | {"conditioner.embedders.0.model.token_embedding.weight": torch.zeros(2, 1280)}, refiner)
+    with pytest.raises(ModelError, match="is an SDXL refiner .* adapters train on the SDXL base model"):
+        load_base(refiner)
     folder = tmp_path / "refiner"
     for part in ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler"):
         (folder / part).mkdir(parents=True)

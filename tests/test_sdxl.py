@@ -208,8 +208,9 @@ def test_sdxl_lora_on_unet_and_both_encoders_loads_in_plain_diffusers(xl_base, m
     assert prefixes == {"unet", "text_encoder", "text_encoder_2"}
     assert all(tensors[k].abs().sum() > 0 for k in tensors if "lora_B" in k and k.startswith("unet."))  # trained
     unet_modules = {k.split(".lora_")[0].removeprefix("unet.") for k in tensors if k.startswith("unet.")}
-    assert unet_modules == {f"{block}.attentions.0.transformer_blocks.{i}.attn2.to_{p}"  # the preset: the one level
-                            for block in ("down_blocks.1", "up_blocks.0") for i in (0, 1) for p in "kv"}  # that reads text
+    level = [("down_blocks.1", 0), ("up_blocks.0", 0), ("up_blocks.0", 1)]  # tiny-xl's one level that reads text
+    assert unet_modules == {f"{block}.attentions.{a}.transformer_blocks.{i}.attn2.to_{p}"
+                            for block, a in level for i in (0, 1) for p in "kv"}
     metadata = json.loads(read_header(path)["lora_adapter_metadata"])
     assert metadata["text_encoder_2.r"] == 2 and metadata["unet.r"] == 2
 
