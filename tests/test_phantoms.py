@@ -133,6 +133,30 @@ def test_pretraining_runs_resumes_and_packs_a_loadable_base(tmp_path):
             assert torch.allclose(tensor, saved[name].half().float())  # fp16 packing only
 
 
+def test_an_sdxl_shaped_phantom_base_pretrains_through_the_sdxl_conditioning(tmp_path):
+    """phantom-xl: two text encoders trained with the U-Net, pooled embedding and time ids; the
+    packed file expands into an SDXL base whose empty negative is the empty text it learned."""
+    import torch
+
+    from lowbudget.bench.pretrain import PretrainConfig, pretrain
+    from lowbudget.models import load_base
+    from lowbudget.models.packed import unpack_base
+    from lowbudget.sampling.sampler import SampleRequest, sample
+
+    cfg = PretrainConfig(shape="phantom-xl", n_images=12, vae_steps=1, unet_steps=2, vae_batch=4, unet_batch=4, warmup=1)
+    packed = pretrain(tmp_path / "run", cfg, log=lambda s: None)
+    base = load_base(str(unpack_base(packed, tmp_path / "folder")))
+    assert base.family == "sdxl" and base.text_widths == (64, 96) and not base.extras["force_zeros_for_empty_prompt"]
+    fresh = load_base(str(unpack_base(packed, tmp_path / "again")))
+    assert fresh.fingerprint == base.fingerprint
+    from lowbudget.models.architectures import PHANTOM_XL, build_components
+
+    untrained = build_components(PHANTOM_XL, seed=0)["text_encoder_2"].state_dict()
+    assert any(not torch.equal(v, untrained[k].half().float()) for k, v in base.text_encoder_2.state_dict().items()
+               if v.is_floating_point())  # the second encoder trained too (beyond fp16 packing)
+    assert sample(base.pipeline(), SampleRequest(prompt="a chest x-ray", seeds=[0], steps=2)).shape == (1, 3, 64, 64)
+
+
 def test_the_embedded_base_is_the_shipped_phantom_base():
     from lowbudget.models import load_base
     from lowbudget.models.embedded import PACKED

@@ -14,7 +14,9 @@ given their names: that is what a learned token has to supply, as for Stable Dif
 medical vocabulary. Without the plain words the findings are noise the base draws at random
 (a base pretrained without them: no token got above 0.25), as no caption ever pointed at
 them. The result is written as a diffusers folder and as one fp16 safetensors file, the form
-that ships inside the package.
+that ships inside the package. ``shape = "phantom-xl"`` pretrains the same at SDXL's
+architecture (two text encoders, pooled embedding and time ids), conditioned as training and
+sampling condition every SDXL base (:mod:`lowbudget.models.text`).
 """
 
 from __future__ import annotations
@@ -31,17 +33,23 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from lowbudget import checks
+from lowbudget.errors import RecipeError
 from lowbudget.io import atomic_write, atomic_write_text
-from lowbudget.models.architectures import PHANTOM, build_components, save_components
+from lowbudget.models.architectures import build_components, get_shape, save_components
 from lowbudget.models.packed import pack_base
+from lowbudget.models.text import encode
 from lowbudget.phantoms.world import generate
 from lowbudget.progress import pace
 from lowbudget.training.schedule import lr_factor
 
 
 
+SHAPES = ("phantom", "phantom-xl")
+
+
 @dataclass
 class PretrainConfig:
+    shape: str = "phantom"  # or "phantom-xl": SDXL's architecture
     size: int = 64
     n_images: int = 8000
     chest_fraction: float = 0.6  # the rest are prostate MRI
@@ -62,6 +70,8 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise RecipeError(f"--set shape = {self.shape!r} is not known; expected one of {', '.join(SHAPES)}")
         checks.image_size("--set size", self.size)
         for name in ("n_images", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "checkpoint_every"):
             checks.at_least(f"--set {name}", getattr(self, name), 1)
@@ -79,7 +89,7 @@ def pretrain(output: Path, cfg: PretrainConfig, *, log=print) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "config.json", json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
-    parts = build_components(PHANTOM, seed=cfg.seed)
+    parts = build_components(get_shape(cfg.shape), seed=cfg.seed)
     state = _load_state(output)
     pixels, captions = _pretraining_set(cfg)  # (N, 3, 64, 64) in [-1, 1]; N captions
     log(f"pretraining set: {len(captions)} phantoms")
@@ -143,17 +153,19 @@ def _encode(vae, pixels: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, t
 
 def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: list[str], cfg: PretrainConfig,
                 output: Path, state: dict, log) -> None:
-    unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
+    unet = parts["unet"]
+    models = {"unet": unet} | {k: parts[k] for k in ("text_encoder", "text_encoder_2") if k in parts}
+    encoders = [(parts["tokenizer"], parts["text_encoder"])]
+    if "text_encoder_2" in parts:
+        encoders.append((parts["tokenizer_2"], parts["text_encoder_2"]))
     noise = DDPMScheduler.from_config(parts["scheduler"].config)
-    ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True,
-                    return_tensors="pt").input_ids  # (N + 1, 77); the last row is the empty caption
     params = [{"params": list(unet.parameters()), "lr": cfg.unet_lr},
-              {"params": list(text_encoder.parameters()), "lr": cfg.text_lr}]
+              {"params": [p for k, m in models.items() if k != "unet" for p in m.parameters()], "lr": cfg.text_lr}]
     opt = torch.optim.AdamW(params, weight_decay=0.0)  # decay would shrink the unused vocabulary rows
-    ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text_encoder": copy.deepcopy(text_encoder).requires_grad_(False)}
+    ema = {name: copy.deepcopy(module).requires_grad_(False) for name, module in models.items()}
     start = state.get("step", 0) if state.get("phase") == "unet" and "optimizer" in state else 0
     if start:
-        for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+        for name, module in models.items():
             module.load_state_dict(state[name])
             ema[name].load_state_dict(state[f"ema_{name}"])
         opt.load_state_dict(state["optimizer"])
@@ -162,8 +174,8 @@ def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: li
         torch.randint(len(captions), (cfg.unet_batch,), generator=gen)
     alphas = noise.alphas_cumprod
     snr = alphas / (1 - alphas)  # (1000,)
-    unet.train()
-    text_encoder.train()
+    for module in models.values():
+        module.train()
     t0 = time.time()
     for step in range(start, cfg.unet_steps):
         factor = lr_factor(step, total=cfg.unet_steps, warmup=cfg.warmup)
@@ -172,12 +184,12 @@ def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: li
         idx = torch.randint(len(captions), (cfg.unet_batch,), generator=gen)  # (B,)
         latents = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)  # (B, 4, 16, 16)
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
-        tokens = torch.where(drop[:, None], ids[-1], ids[idx])  # (B, 77)
+        texts = ["" if d else captions[i] for d, i in zip(drop.tolist(), idx.tolist())]  # "" teaches the uncond branch
         eps = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, noise.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = noise.add_noise(latents, eps, t)
-        cond = text_encoder(tokens)[0]  # (B, 77, 64)
-        pred = unet(noisy, t, cond).sample
+        cond = encode(encoders, texts, size=cfg.size)  # (B, 77, 64) states; phantom-xl (B, 77, 160) + pooled, time ids
+        pred = unet(noisy, t, **cond.unet_kwargs()).sample
         weight = torch.clamp(snr[t], max=cfg.snr_gamma) / snr[t]  # min-SNR for eps targets
         loss = (weight * F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
@@ -186,17 +198,17 @@ def _train_unet(parts: dict, mean: torch.Tensor, std: torch.Tensor, captions: li
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+            for name, module in models.items():
                 for p_ema, p in zip(ema[name].parameters(), module.parameters()):
                     p_ema.lerp_(p, 1 - decay)
         if (step + 1) % 100 == 0:
             log(f"unet step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({pace(time.time() - t0, step + 1 - start, cfg.unet_steps - step - 1)})")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.unet_steps:
             _save_state(output, {"phase": "unet", "step": step + 1, "vae": state["vae"], "optimizer": opt.state_dict(),
-                                 "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                                 "ema_unet": ema["unet"].state_dict(), "ema_text_encoder": ema["text_encoder"].state_dict()})
-    parts["unet"].load_state_dict(ema["unet"].state_dict())
-    parts["text_encoder"].load_state_dict(ema["text_encoder"].state_dict())
+                                 **{name: module.state_dict() for name, module in models.items()},
+                                 **{f"ema_{name}": e.state_dict() for name, e in ema.items()}})
+    for name, module in models.items():
+        module.load_state_dict(ema[name].state_dict())
 
 
 def _save_state(output: Path, state: dict) -> None:
@@ -209,5 +221,5 @@ def _load_state(output: Path) -> dict:
 
 
 def _write_outputs(parts: dict, output: Path, cfg: PretrainConfig) -> Path:
-    save_components(parts, output / "base")
-    return pack_base(parts, output / "phantom-base.safetensors", shape="phantom", config=asdict(cfg))
+    save_components(parts, output / "base", force_zeros_for_empty_prompt=False)  # captions dropped to "", not zeros
+    return pack_base(parts, output / "phantom-base.safetensors", shape=cfg.shape, config=asdict(cfg))

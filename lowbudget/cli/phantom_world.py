@@ -84,7 +84,8 @@ def pretrain_base(
     output: Annotated[Path, typer.Option("--output", "-o",
         help="Run folder (resumes if it has a checkpoint).")] = Path("runs/phantom-base"),
     overrides: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
-        help="Override a pretraining setting: --set unet_steps=2000 (repeatable).")] = [],
+        help="Override a pretraining setting: --set unet_steps=2000 (repeatable); --set shape=phantom-xl "
+             "pretrains at SDXL's architecture.")] = [],
     overwrite: Overwrite = False,
 ) -> None:
     """Pretrain the phantom base model from scratch (about an hour on 2 CPU cores)."""

@@ -247,7 +247,42 @@ TINY_XL = Shape(
     },
 )
 
-SHAPES = {s.name: s for s in (SD15, SD21, SDXL, TINY, PHANTOM, TINY_XL)}
+# The phantom base at SDXL's architecture: PHANTOM's VAE and widths, SDXL's U-Net layout (no
+# attention at the full latent size, two transformer layers in the deepest level), two text
+# encoders of different widths (64 and 96: cross-attention over 160) and the pooled embedding
+# of the second (projected to 64) plus six time ids of 16 each (64 + 96 = 160) beside the time.
+PHANTOM_XL = Shape(
+    name="phantom-xl",
+    unet={
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [64, 128, 128],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "layers_per_block": 1,
+        "transformer_layers_per_block": [1, 1, 2],
+        "attention_head_dim": 8,
+        "cross_attention_dim": 160,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 16,
+        "projection_class_embeddings_input_dim": 160,
+        "norm_num_groups": 16,
+    },
+    vae=dict(PHANTOM.vae),
+    text_encoder=dict(PHANTOM.text_encoder),
+    text_encoder_2={
+        "hidden_size": 96,
+        "intermediate_size": 384,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 64,
+        "hidden_act": "gelu",
+    },
+)
+
+SHAPES = {s.name: s for s in (SD15, SD21, SDXL, TINY, PHANTOM, TINY_XL, PHANTOM_XL)}
 
 
 def get_shape(name: str) -> Shape:
@@ -294,11 +329,12 @@ def write_base_folder(path: str | Path, shape: Shape | str = "tiny", *, seed: in
     return save_components(build_components(shape, seed=seed, **kwargs), path)
 
 
-def save_components(parts: dict[str, Any], path: str | Path) -> Path:
+def save_components(parts: dict[str, Any], path: str | Path, *, force_zeros_for_empty_prompt: bool = True) -> Path:
     """Save the components as a diffusers ``StableDiffusionPipeline`` folder (no safety checker),
-    or a ``StableDiffusionXLPipeline`` folder when there is a second text encoder."""
+    or a ``StableDiffusionXLPipeline`` folder when there is a second text encoder (whose empty
+    negative prompt is zeros, as SDXL base was trained, unless told otherwise)."""
     if "text_encoder_2" in parts:
-        pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True)
+        pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
     else:
         pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)

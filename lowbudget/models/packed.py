@@ -21,13 +21,13 @@ from lowbudget.io import atomic_write
 from lowbudget.models.architectures import build_components, get_shape, save_components
 
 PACKED_FORMAT = "lowbudget-phantom-base"
-PARTS = ("unet", "vae", "text_encoder")
+PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # the last on SDXL-shaped bases only
 
 
 def pack_base(parts: dict[str, Any], path: Path, *, shape: str, config: dict) -> Path:
     """Write the models' floating-point weights as fp16, with what unpacking needs in the header."""
     tensors = {f"{name}.{k}": v.detach().to(torch.float16).contiguous()
-               for name in PARTS for k, v in parts[name].state_dict().items() if v.is_floating_point()}
+               for name in PARTS if name in parts for k, v in parts[name].state_dict().items() if v.is_floating_point()}
     meta = {"format": PACKED_FORMAT, "shape": shape, "vae_scaling_factor": repr(parts["vae"].config.scaling_factor),
             "config": json.dumps(config)}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -42,7 +42,7 @@ def unpack_base(packed: Path, folder: Path) -> Path:
         raise ModelError(f"{quote(packed)} is not a packed lowbudget base (header format {meta.get('format')!r})")
     parts = build_components(get_shape(meta["shape"]))
     parts["vae"].register_to_config(scaling_factor=float(meta["vae_scaling_factor"]))
-    for name in PARTS:
+    for name in (n for n in PARTS if n in parts):
         prefix = f"{name}."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         missing, unexpected = parts[name].load_state_dict(own, strict=False)
@@ -50,4 +50,5 @@ def unpack_base(packed: Path, folder: Path) -> Path:
         if missing or unexpected:
             raise ModelError(f"{quote(packed)}: {name} weights do not match the '{meta['shape']}' shape "
                              f"({missing[:3]}, {unexpected[:3]})")
-    return save_components(parts, folder)
+    # a pretrained phantom drops captions to the empty text, not to zeros: its negative is ""
+    return save_components(parts, folder, force_zeros_for_empty_prompt=False)
