@@ -14,6 +14,7 @@ alone, measured in-process on the same shapes.
     python benchmarks/train_speed.py --rows like-for-like            # the comparison row + floor
     python benchmarks/train_speed.py --rows all --write              # every CPU row; writes RESULTS.md
     python benchmarks/train_speed.py --rows gpu --steps 5,45         # the CUDA rows (fp16 / bf16, 8 GB budget)
+    python benchmarks/train_speed.py --rows sdxl-gpu --steps 3,13 --no-floor   # SDXL at 1024 px (12 GB goal)
 
 Rows run one at a time; nothing else should run on the machine meanwhile.
 """
@@ -76,7 +77,16 @@ def _rows() -> list[Row]:
                 Row(f"TI 64, {precision}, gradient checkpointing", overrides=ti64 | mixed | ckpt),
                 Row(f"LoRA r4 cross-attn K/V, {precision}", overrides=lora_kv | mixed),
                 Row(f"LoRA r4 cross-attn K/V, {precision}, gradient checkpointing", overrides=lora_kv | mixed | ckpt)]
-    return rows + [replace(row, groups=("gpu",)) for row in gpu]
+    # SDXL at 1024 px: the goal is a 64-vector token in 12 GB with gradient checkpointing. The
+    # random SDXL-shaped folder is ~14 GB in fp32 (written once).
+    xl = {"model.family": "sdxl"}
+    sdxl = [Row("SDXL TI 64, bf16, gradient checkpointing", overrides=xl | ti64 | {"model.precision": "bf16"} | ckpt),
+            Row("SDXL TI 64, fp16, gradient checkpointing", overrides=xl | ti64 | {"model.precision": "fp16"} | ckpt),
+            Row("SDXL TI 64, bf16", overrides=xl | ti64 | {"model.precision": "bf16"}),
+            Row("SDXL LoRA r4 cross-attn K/V, bf16, gradient checkpointing",
+                overrides=xl | lora_kv | {"model.precision": "bf16"} | ckpt)]
+    return (rows + [replace(row, groups=("gpu",)) for row in gpu]
+            + [replace(row, shape="sdxl", resolution=1024, groups=("sdxl-gpu",)) for row in sdxl])
 
 
 def _cache() -> Path:
@@ -202,7 +212,7 @@ def measure(row: Row, steps: tuple[int, int] = (2, 7)) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="like-for-like", help="like-for-like | growth | all | gpu")
+    parser.add_argument("--rows", default="like-for-like", help="like-for-like | growth | all | gpu | sdxl-gpu")
     parser.add_argument("--only", default="", help="Run only the rows whose name contains this text")
     parser.add_argument("--steps", type=_step_pair, default=(2, 7), help="short,long step counts (default 2,7)")
     parser.add_argument("--no-floor", action="store_true")

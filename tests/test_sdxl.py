@@ -249,3 +249,24 @@ def test_the_commands_run_on_an_sdxl_base(monkeypatch, capsys, xl_base, trained_
     code, _, err = run(monkeypatch, capsys, "generate", "x <one>", "--base", xl_base, "--adapter", one,
                        "--output", tmp_path / "bad")
     assert_one_line_error(code, err, r"'.*one.safetensors' holds one part, for one text encoder; base .* is SDXL")
+
+
+def test_a_federation_trains_one_sdxl_token_across_sites(xl_base, mixed_folder, tmp_path):
+    """Both encoders' rows travel as two tensors of the layout; the file is the clip_l / clip_g pair."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    from lowbudget.phantoms import write_chest_phantoms
+
+    other = tmp_path / "other"
+    write_chest_phantoms(other, n=6, size=48, seed=5)
+    done = subprocess.run([sys.executable, "-m", "lowbudget", "federate", "simulate", "recipes/phantom/chest-ti.toml",
+                           "--base", str(xl_base), "--set", "data.resolution=32", "--set", "optim.batch_size=2",
+                           "--site", str(mixed_folder), "--site", str(other), "--rounds", "2", "--local-steps", "1",
+                           "--output", str(tmp_path / "fed")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    (path,) = (tmp_path / "fed").glob("*.safetensors")
+    tensors = load_file(path)
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"clip_l": (4, 32), "clip_g": (4, 64)}
+    assert read_header(path)["base_fingerprint"] == load_base(xl_base).fingerprint
