@@ -61,6 +61,12 @@ def _sd_vae(sample_size: int) -> dict[str, Any]:
     }
 
 
+def _small_clip(hidden: int, intermediate: int, projection: int, act: str = "quick_gelu") -> dict[str, Any]:
+    """A 2-layer, 4-head CLIP text encoder config: the small models' (SD's own are written out)."""
+    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "projection_dim": projection, "hidden_act": act}
+
+
 _SD_UNET_BLOCKS = {
     "block_out_channels": [320, 640, 1280, 1280],
     "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
@@ -132,14 +138,7 @@ TINY = Shape(
         "norm_num_groups": 8,
         "sample_size": 32,
     },
-    text_encoder={
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "projection_dim": 32,
-        "hidden_act": "quick_gelu",
-    },
+    text_encoder=_small_clip(32, 64, 32),
 )
 
 # The embedded phantom base: 64 px images, a VAE that downsamples by 4 (16 x 16 x 4 latents),
@@ -168,14 +167,7 @@ PHANTOM = Shape(
         "norm_num_groups": 16,
         "sample_size": 64,
     },
-    text_encoder={
-        "hidden_size": 64,
-        "intermediate_size": 256,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "projection_dim": 64,
-        "hidden_act": "quick_gelu",
-    },
+    text_encoder=_small_clip(64, 256, 64),
 )
 
 # SDXL base 1.0's U-Net: three levels, 2 and 10 transformer layers per block in the lower two,
@@ -237,14 +229,7 @@ TINY_XL = Shape(
     },
     vae={**TINY.vae, "scaling_factor": 0.13025},
     text_encoder={**TINY.text_encoder},
-    text_encoder_2={
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "projection_dim": 32,
-        "hidden_act": "gelu",
-    },
+    text_encoder_2=_small_clip(64, 128, 32, act="gelu"),
 )
 
 # The phantom base at SDXL's architecture: PHANTOM's VAE and widths, SDXL's U-Net layout (no
@@ -272,14 +257,7 @@ PHANTOM_XL = Shape(
     },
     vae=dict(PHANTOM.vae),
     text_encoder=dict(PHANTOM.text_encoder),
-    text_encoder_2={
-        "hidden_size": 96,
-        "intermediate_size": 384,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "projection_dim": 64,
-        "hidden_act": "gelu",
-    },
+    text_encoder_2=_small_clip(96, 384, 64, act="gelu"),
 )
 
 SHAPES = {s.name: s for s in (SD15, SD21, SDXL, TINY, PHANTOM, TINY_XL, PHANTOM_XL)}
