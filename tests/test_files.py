@@ -99,8 +99,10 @@ def test_sdxl_file_gives_the_part_matching_the_base(tmp_path, base768):
     save_file({"clip_l": torch.ones(2, 768), "clip_g": torch.zeros(2, 1280)}, tmp_path / "xl.safetensors")
     emb = read_embedding(tmp_path / "xl.safetensors")
     base = load_base(base768)
-    (vectors,), _ = check_embedding(emb, base.text_encoders, base_name="w768")
+    (vectors,), warnings = check_embedding(emb, base.text_encoders, base_name="w768")
     assert vectors.shape == (2, 768) and bool((vectors == 1).all())
+    assert warnings == [f"'{emb.path}' is an SDXL embedding: only its 768-wide part loads on 'w768', and SDXL "
+                        "trained it through its encoder's penultimate layer; check its output"]
     with pytest.raises(AdapterError, match="none matches text width 1024"):
         emb.vectors(1024)
 

@@ -24,6 +24,9 @@ def check_embedding(emb: EmbeddingFile, encoders: list[tuple], *, base_name: str
     AdapterError when they cannot fit. ``encoders``: the base's (tokenizer, text encoder) pairs."""
     vectors = _vectors_per_encoder(emb, [_width(encoder) for _, encoder in encoders], base_name)
     warnings = fingerprint_warnings(emb.metadata, encoders, base_name, str(emb.path))
+    if len(emb.parts) > len(encoders):  # SDXL's first part on SD 1.x: the same CLIP, read at another layer
+        warnings.append(f"'{emb.path}' is an SDXL embedding: only its {vectors[0].shape[-1]}-wide part loads on "
+                        f"'{base_name}', and SDXL trained it through its encoder's penultimate layer; check its output")
     for tokenizer, _ in encoders:
         check_token_is_new(emb.token, int(vectors[0].shape[0]), tokenizer, base_name)
     return vectors, warnings
@@ -52,7 +55,7 @@ def _vectors_per_encoder(emb: EmbeddingFile, widths: list[int], base_name: str) 
                 f"{describe_width(widths[0])}; use an embedding trained for this model family"
             )
         return [emb.vectors(widths[0])]
-    if emb.layout != "sdxl":  # one part: it would be half a token on a two-encoder base
+    if len(emb.parts) != len(widths):  # one part: it would be half a token on a two-encoder base
         family = family_of_width(emb.widths[0])
         what = (f"an {FAMILY_NAMES[family]} embedding ({emb.widths[0]})" if family != "custom"
                 else f"a {emb.widths[0]}-wide embedding")
