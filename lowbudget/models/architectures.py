@@ -61,10 +61,11 @@ def _sd_vae(sample_size: int) -> dict[str, Any]:
     }
 
 
-def _small_clip(hidden: int, intermediate: int, projection: int, act: str = "quick_gelu") -> dict[str, Any]:
-    """A 2-layer, 4-head CLIP text encoder config: the small models' (SD's own are written out)."""
-    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "projection_dim": projection, "hidden_act": act}
+def _clip(hidden: int, intermediate: int, projection: int, *, heads: int = 4, layers: int = 2,
+          act: str = "quick_gelu") -> dict[str, Any]:
+    """A CLIP text encoder config (the small models' default: 2 layers, 4 heads)."""
+    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_attention_heads": heads,
+            "num_hidden_layers": layers, "projection_dim": projection, "hidden_act": act}
 
 
 _SD_UNET_BLOCKS = {
@@ -80,14 +81,7 @@ SD15 = Shape(
     name="sd15",
     unet={**_SD_UNET_BLOCKS, "sample_size": 64, "attention_head_dim": 8, "cross_attention_dim": 768},
     vae=_sd_vae(512),
-    text_encoder={
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_attention_heads": 12,
-        "num_hidden_layers": 12,
-        "projection_dim": 768,
-        "hidden_act": "quick_gelu",
-    },
+    text_encoder=_clip(768, 3072, 768, heads=12, layers=12),  # CLIP ViT-L/14
 )
 
 SD21 = Shape(
@@ -101,14 +95,7 @@ SD21 = Shape(
         "upcast_attention": True,
     },
     vae=_sd_vae(768),
-    text_encoder={
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_attention_heads": 16,
-        "num_hidden_layers": 23,
-        "projection_dim": 512,
-        "hidden_act": "gelu",
-    },
+    text_encoder=_clip(1024, 4096, 512, heads=16, layers=23, act="gelu"),  # OpenCLIP ViT-H, penultimate layer
     prediction_type="v_prediction",
     pad_token="!",
 )
@@ -138,7 +125,7 @@ TINY = Shape(
         "norm_num_groups": 8,
         "sample_size": 32,
     },
-    text_encoder=_small_clip(32, 64, 32),
+    text_encoder=_clip(32, 64, 32),
 )
 
 # The embedded phantom base: 64 px images, a VAE that downsamples by 4 (16 x 16 x 4 latents),
@@ -167,7 +154,7 @@ PHANTOM = Shape(
         "norm_num_groups": 16,
         "sample_size": 64,
     },
-    text_encoder=_small_clip(64, 256, 64),
+    text_encoder=_clip(64, 256, 64),
 )
 
 # SDXL base 1.0's U-Net: three levels, 2 and 10 transformer layers per block in the lower two,
@@ -195,14 +182,7 @@ SDXL = Shape(
     unet=SDXL_UNET,
     vae={**_sd_vae(1024), "scaling_factor": 0.13025, "force_upcast": True},
     text_encoder={**SD15.text_encoder},
-    text_encoder_2={
-        "hidden_size": 1280,
-        "intermediate_size": 5120,
-        "num_attention_heads": 20,
-        "num_hidden_layers": 32,
-        "projection_dim": 1280,
-        "hidden_act": "gelu",
-    },
+    text_encoder_2=_clip(1280, 5120, 1280, heads=20, layers=32, act="gelu"),  # OpenCLIP ViT-bigG
 )
 
 # SDXL's architecture at test size: two text encoders of different widths (32 and 64, so a
@@ -229,7 +209,7 @@ TINY_XL = Shape(
     },
     vae={**TINY.vae, "scaling_factor": 0.13025},
     text_encoder={**TINY.text_encoder},
-    text_encoder_2=_small_clip(64, 128, 32, act="gelu"),
+    text_encoder_2=_clip(64, 128, 32, act="gelu"),
 )
 
 # The phantom base at SDXL's architecture: PHANTOM's VAE and widths, SDXL's U-Net layout (no
@@ -257,7 +237,7 @@ PHANTOM_XL = Shape(
     },
     vae=dict(PHANTOM.vae),
     text_encoder=dict(PHANTOM.text_encoder),
-    text_encoder_2=_small_clip(96, 384, 64, act="gelu"),
+    text_encoder_2=_clip(96, 384, 64, act="gelu"),
 )
 
 SHAPES = {s.name: s for s in (SD15, SD21, SDXL, TINY, PHANTOM, TINY_XL, PHANTOM_XL)}

@@ -18,7 +18,7 @@ from lowbudget.models.text import text_encoders
 
 FAMILIES = {768: "sd1", 1024: "sd2"}
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "custom": "a custom model"}
-FAMILY_WIDTHS = {"sd1": "768", "sd2": "1024", "sdxl": "768 + 1280"}
+FAMILY_WIDTHS = {family: str(width) for width, family in FAMILIES.items()} | {"sdxl": "768 + 1280"}
 
 
 def family_of_width(width: int) -> str:

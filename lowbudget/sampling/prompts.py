@@ -57,14 +57,15 @@ _LEARNED = re.compile(r"<[^<>\s]+>")  # '<effusion>': how learned tokens are spe
 def check_tokens_known(pipe, texts: list[str]) -> None:
     """A '<token>' a vocabulary lacks would be drawn as the letters of its name: refuse it. On
     SDXL both tokenizers must know it -- a token loaded into one encoder only is half a token."""
-    for n, (tokenizer, _) in enumerate(text_encoders(pipe)):
+    pairs = text_encoders(pipe)
+    for n, (tokenizer, _) in enumerate(pairs):
         vocab = tokenizer.get_vocab()
         unknown = sorted({w for t in texts for w in _LEARNED.findall(t) if w not in vocab and f"{w}</w>" not in vocab})
         if not unknown:
             continue
         learned = sorted(w for w in vocab if _LEARNED.fullmatch(w) and "|" not in w)  # not <|endoftext|>
         have = f"loaded: {', '.join(learned)}" if learned else "no token is loaded"
-        which = f"this model's {'second' if n else 'first'} text encoder" if len(text_encoders(pipe)) > 1 else "this model"
+        which = f"this model's {'second' if n else 'first'} text encoder" if len(pairs) > 1 else "this model"
         raise LowbudgetError(f"the prompt names {', '.join(unknown)}, which {which} does not know ({have}); "
                              "load its file with --adapter")
 
