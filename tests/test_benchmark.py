@@ -150,3 +150,27 @@ def test_the_federated_section_compares_sites_alone_pooled_and_federated(tmp_pat
     assert "| mean of the sites alone |" in report and "federated >= pooled - 0.05:" in report
     fed = tmp_path / "federated" / "federated-0" / "lesion.safetensors"
     assert fed.is_file() and (tmp_path / "federated" / "data" / "pooled" / "bright-prostate-0000.png").is_file()
+
+
+def test_the_benchmark_measures_the_base_it_is_given(tmp_path):
+    """``--base``: every section trains on and samples from that base, here an SDXL-architecture
+    one (two text encoders), so the token file has both parts and names that base; the figures
+    of a random tiny base are only plumbing. A base that is not there is refused up front."""
+    from dataclasses import replace
+
+    from lowbudget.adapters.foreign_layouts import read_embedding
+    from lowbudget.bench.benchmark import benchmark_config, run_benchmark
+    from lowbudget.errors import LowbudgetError
+    from lowbudget.models.architectures import write_base_folder
+
+    base = write_base_folder(tmp_path / "tiny-xl", "tiny-xl", seed=0)
+    cfg = benchmark_config(findings=("nodule",), base=str(base))
+    cfg = replace(cfg, n_eval=2, token=replace(cfg.token, n_images=4, n_vectors=1, steps=2, batch_size=2),
+                  sampling=replace(cfg.sampling, steps=2, batch_size=2))
+    report = run_benchmark(tmp_path / "out", cfg, sections=("base", "fidelity"), log=lambda s: None).read_text()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    emb = read_embedding(results["fidelity"]["nodule"]["files"][0])
+    assert set(emb.parts) == {"clip_l", "clip_g"} and emb.metadata["base_model"] == "tiny-xl", emb.metadata
+    assert f"Base: `{base}`." in report and {"chest", "prostate"} <= set(results["base"])
+    with pytest.raises(LowbudgetError, match="--base 'nowhere' does not exist"):
+        benchmark_config(base="nowhere")

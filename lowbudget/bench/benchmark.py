@@ -3,7 +3,7 @@
 Sections (each timed, each a markdown table in ``results.md`` and a key in ``results.json``):
 
   detectors   AUC of each finding's detector on fresh phantoms
-  base        the embedded base with plain prompts: anatomy recognised, findings' base rates
+  base        the base with plain prompts: anatomy recognised, findings' base rates
   fidelity    per finding: detector rate with the learned token / its initializer word / plain
   sweep       vectors per token x training images (the paper's finding: more of both helps)
   downstream  gain in classifier AUC from 10N synthetic images over N scarce real ones, paired
@@ -35,6 +35,7 @@ from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, attribute
 from lowbudget.errors import LowbudgetError
 from lowbudget.evaluate.diversity import diversity
 from lowbudget.io import atomic_write_text
+from lowbudget.models.embedded import EMBEDDED
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.progress import Progress
@@ -79,11 +80,18 @@ class BenchmarkConfig:
         return cls(findings=("effusion",), n_eval=16, detector_n=100, quick_mode=True)
 
 
-def benchmark_config(*, quick: bool = False, findings: tuple[str, ...] = (), compose_seeds: int = 0) -> BenchmarkConfig:
+def benchmark_config(*, quick: bool = False, findings: tuple[str, ...] = (), compose_seeds: int = 0,
+                     base: str = "") -> BenchmarkConfig:
     """The configuration both front doors (``lowbudget phantom benchmark`` and
     ``benchmarks/phantom_world.py``) run: the full or quick preset, the chosen findings (the first
-    is the one the sweep, downstream, diversity and methods sections study), the compose seeds."""
+    is the one the sweep, downstream, diversity and methods sections study), the compose seeds,
+    the base every section trains on and samples from ("" = the embedded phantom base)."""
     cfg = BenchmarkConfig.quick() if quick else BenchmarkConfig()
+    if base and base != EMBEDDED:
+        if not Path(base).expanduser().exists():
+            raise LowbudgetError(f"--base '{base}' does not exist; expected a base pretrained on phantoms "
+                                 "(lowbudget phantom pretrain-base writes one: <output>/base)")
+        cfg = replace(cfg, token=replace(cfg.token, base=str(base)))
     if findings:
         cfg = replace(cfg, findings=tuple(findings), sweep_finding=findings[0])
     if compose_seeds < 0:
@@ -105,6 +113,7 @@ def run_benchmark(output: Path, cfg: BenchmarkConfig, *, sections: tuple[str, ..
     if unknown:
         raise LowbudgetError(f"--sections: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(SECTIONS)}")
     results, markdown = {"config": asdict(cfg)}, ["# Phantom-world benchmark", ""]
+    markdown += [f"Base: `{cfg.token.base}`." if cfg.token.base else "Base: the embedded phantom base.", ""]
     order = [name for name in SECTIONS if name in chosen]
     with Progress(sum(MEASURED_SECONDS[n] for n in order), "benchmark", unit=None, enabled=progress) as bar:
         for k, name in enumerate(order, 1):
@@ -136,7 +145,7 @@ def _detectors(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict
 
 
 def _base(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    pipe = open_with([])
+    pipe = open_with([], cfg.token.base)
     seeds = list(range(20_000, 20_000 + 2 * cfg.n_eval))
     rows, data = [], {}
     for name, mod in MODALITIES.items():
@@ -184,8 +193,8 @@ def _fidelity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]
 def _placed(cfg: BenchmarkConfig, spec: TokenSpec, files: list[Path], seeds: list[int]) -> dict:
     """The effusion token inpainted into the lower third of the right and left lung in turn, on
     the base's own plain-prompt chests: the side placed instead of left to the token."""
-    healthy = sample(open_with([]), request(cfg.sampling, prompts(spec.finding)["plain"], seeds))  # (N, 3, 64, 64)
-    placed = placed_by_side(open_with(files), prompts(spec.finding)["token"], healthy, cfg.sampling, seeds)
+    healthy = sample(open_with([], spec.base), request(cfg.sampling, prompts(spec.finding)["plain"], seeds))  # (N, 3, 64, 64)
+    placed = placed_by_side(open_with(files, spec.base), prompts(spec.finding)["token"], healthy, cfg.sampling, seeds)
     return {"rate": detection_rate(spec.finding, placed), "attributes": attribute_fidelity(spec, placed)}
 
 
@@ -233,7 +242,7 @@ def _diversity(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict
     files = train_finding(spec, output / "runs" / finding)
     n = 4 * cfg.diversity_groups
     gen = output / "diversity" / "generated"
-    save_pngs(generate_gray(open_with(files), f"{MODALITIES[modality].plain_prompt} with <{finding}>",
+    save_pngs(generate_gray(open_with(files, spec.base), f"{MODALITIES[modality].plain_prompt} with <{finding}>",
                              list(range(50_000, 50_000 + n)), cfg.sampling), gen)
     real = output / "diversity" / "real"
     save_pngs(np.stack([p.image for p in generate(modality, finding, n=n, seed=51_000)]), real)
@@ -288,7 +297,7 @@ def _convergence(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], di
 
 
 def _federated(cfg: BenchmarkConfig, output: Path, log) -> tuple[list[str], dict]:
-    return federated(cfg.federated, output / "federated", cfg.sampling, log)
+    return federated(cfg.federated, output / "federated", cfg.sampling, log, base=cfg.token.base)
 
 
 _RUNNERS = {"detectors": _detectors, "base": _base, "fidelity": _fidelity, "sweep": _sweep,

@@ -209,7 +209,7 @@ def compose_checks(cfg, output: Path, log) -> tuple[list[str], dict]:
     files = [*train_finding(replace(cfg.token, finding="effusion"), runs / "effusion"),
              *train_finding(replace(cfg.token, finding="cardiomegaly"), runs / "cardiomegaly"),
              *train_finding(replace(cfg.token, finding="healthy-chest"), runs / "healthy-chest")]
-    pipe = open_with(files)
+    pipe = open_with(files, cfg.token.base)
     seeds = list(range(70_000, 70_000 + cfg.compose_seeds))
     interp = interpolation_check(pipe, cfg.sampling, seeds)
     for method, r in interp.items():

@@ -96,7 +96,7 @@ def _adapters(result: TrainResult) -> list[Path]:
 
 
 def _rate(spec: TokenSpec, files: list[Path], n: int, sampling: Sampling) -> float:
-    images = generate_gray(open_with(files), prompts(spec.finding)["token"], list(range(10_000, 10_000 + n)), sampling)
+    images = generate_gray(open_with(files, spec.base), prompts(spec.finding)["token"], list(range(10_000, 10_000 + n)), sampling)
     return detection_rate(spec.finding, images)
 
 

@@ -78,7 +78,7 @@ def downstream_gain(cfg: DownstreamConfig, output: Path, log: Callable[[str], No
     modality = modality_of(cfg.finding)
     test = _labelled([p.image for p in generate(modality, cfg.finding, n=cfg.n_test // 2, seed=TEST_SEED)],
                      [p.image for p in generate(modality, "none", n=cfg.n_test // 2, seed=TEST_SEED + 1)])
-    pool = _to_uint8(generate_gray(open_with([]), prompts(cfg.finding)["plain"], list(range(POOL_SEED, POOL_SEED + cfg.pool)),
+    pool = _to_uint8(generate_gray(open_with([], cfg.token.base), prompts(cfg.finding)["plain"], list(range(POOL_SEED, POOL_SEED + cfg.pool)),
                                    cfg.sampling))
     out = {}
     for n in cfg.n_real:
@@ -123,7 +123,7 @@ def _replicate(cfg: DownstreamConfig, n: int, r: int, pool: torch.Tensor, test: 
 
     files = train_finding(spec, folder.parent / "runs")
     half = cfg.ratio * n // 2
-    syn_pos = _to_uint8(generate_gray(open_with(files), prompts(cfg.finding)["token"],
+    syn_pos = _to_uint8(generate_gray(open_with(files, spec.base), prompts(cfg.finding)["token"],
                                       list(range(SYNTHETIC_SEED + STRIDE * r, SYNTHETIC_SEED + STRIDE * r + half)), cfg.sampling))
     syn_neg = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:half]]
     syn_x = torch.cat([syn_pos, syn_neg])

@@ -42,13 +42,14 @@ class FederatedConfig:
     n_eval: int = 16
 
 
-def federated(cfg: FederatedConfig, output: Path, sampling: Sampling, log: Callable[[str], None]) -> tuple[list[str], dict]:
-    """Rows of the federated table (markdown lines) and their figures."""
+def federated(cfg: FederatedConfig, output: Path, sampling: Sampling, log: Callable[[str], None],
+              base: str = "") -> tuple[list[str], dict]:
+    """Rows of the federated table (markdown lines) and their figures; ``base``: as TokenSpec.base."""
     folders = _site_folders(cfg, output / "data")
     pooled = _pooled(folders, output / "data" / "pooled")
     rates: dict[str, list[float]] = {}
     for seed in cfg.seeds:
-        spec = TokenSpec(cfg.finding, n_vectors=cfg.n_vectors, steps=cfg.steps, seed=seed)
+        spec = TokenSpec(cfg.finding, n_vectors=cfg.n_vectors, steps=cfg.steps, seed=seed, base=base)
         for k, (name, folder) in enumerate(folders.items()):
             files = train_finding(replace(spec, seed=seed + k), output / f"alone-{name}-{seed}", data=folder)
             rates.setdefault(f"{name} alone", []).append(_rate(spec, files, cfg, sampling))

@@ -73,6 +73,7 @@ class TokenSpec:
     data_seed: int = 0
     captions: str = "auto"  # data.captions: the phantoms' own; "templates" for the modality template
     long_captions: str = ""  # data.long_captions; "" = "trim" for tokens over 48 vectors, else "error"
+    base: str = ""  # the base it trains on and samples from: a folder or file; "" = the embedded phantom base
 
 
 def drawn(spec: TokenSpec) -> str:
@@ -80,9 +81,9 @@ def drawn(spec: TokenSpec) -> str:
     return "none" if spec.finding.startswith("healthy-") else spec.finding
 
 
-def token_recipe(spec: TokenSpec, output: Path, base: str = "", data: Path | None = None) -> Recipe:
+def token_recipe(spec: TokenSpec, output: Path, data: Path | None = None) -> Recipe:
     """The recipe a user would write for ``spec``: generated phantoms (or the phantom folder
-    ``data``), embedded base."""
+    ``data``), on ``spec.base``."""
     modality = modality_of(spec.finding)
     tokens = [] if spec.method == "lora" else [
         TokenConfig(name=token_name(spec.finding), init=init_word(spec.finding), n_vectors=spec.n_vectors)]
@@ -97,7 +98,7 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "", data: Path | Non
                         phantoms_seed=spec.data_seed, modality=f"{modality} phantom", resolution=64, caption_format=fmt, captions=captions,
                         long_captions=long_captions,
                         templates=[fmt.replace("{caption}", MODALITIES[modality].plain_prompt)]),
-        model=ModelConfig(base=base),
+        model=ModelConfig(base=spec.base),
         method=MethodConfig(kind=spec.method, tokens=tokens),
         optim=OptimConfig(max_steps=spec.steps, batch_size=spec.batch_size, lr_ti=spec.lr_ti, lr_lora=spec.lr_lora,
                           min_timestep=spec.min_timestep, seed=spec.seed),
@@ -106,21 +107,22 @@ def token_recipe(spec: TokenSpec, output: Path, base: str = "", data: Path | Non
     )
 
 
-def train_finding(spec: TokenSpec, output: Path, base: str = "", log: Callable[[str], None] = lambda s: None,
+def train_finding(spec: TokenSpec, output: Path, log: Callable[[str], None] = lambda s: None,
                   data: Path | None = None) -> list[Path]:
-    """Train ``spec`` under ``output`` (or reuse a finished run of the same spec, base and data
-    there); returns the adapter files. ``data``: a phantom folder instead of generated phantoms.
+    """Train ``spec`` under ``output`` (or reuse a finished run of the same spec and data there);
+    returns the adapter files. ``data``: a phantom folder instead of generated phantoms.
 
-    Each spec has its own folder, ``output/spec-<hash of the spec, base and data>``: sections that
-    ask for the same token share one run, and a changed setting never picks up another's files.
+    Each spec has its own folder, ``output/spec-<hash of the spec (base included) and data>``:
+    sections that ask for the same token share one run, and a changed setting never picks up
+    another's files.
     """
-    key = hashlib.sha256(json.dumps([asdict(spec), str(base), *([str(data)] if data else [])],
+    key = hashlib.sha256(json.dumps([asdict(spec), *([str(data)] if data else [])],
                                     sort_keys=True).encode()).hexdigest()[:12]
     run = Path(output) / f"spec-{key}"
     done = finished(run)
     if done:
         return done
-    files = train(token_recipe(spec, run, base, data), progress=False, log=log).files
+    files = train(token_recipe(spec, run, data), progress=False, log=log).files
     return [p for p in files if p.suffix == ".safetensors"]  # not the loss chart
 
 
@@ -178,7 +180,7 @@ def open_with(adapters: list[Path], base: str = ""):
     return open_pipeline(base or None, adapters, warn=lambda s: None)[0]
 
 
-def fidelity(spec: TokenSpec, adapters: list[Path], *, n: int = 32, seed: int = 10_000, base: str = "",
+def fidelity(spec: TokenSpec, adapters: list[Path], *, n: int = 32, seed: int = 10_000,
              sampling: Sampling | None = None, kinds: tuple[str, ...] = ("token", "init", "plain")) -> dict:
     """Detector rates with the adapter's prompt, the initializer word alone and the plain prompt.
 
@@ -186,8 +188,8 @@ def fidelity(spec: TokenSpec, adapters: list[Path], *, n: int = 32, seed: int = 
     """
     sampling = sampling or Sampling()
     seeds = list(range(seed, seed + n))
-    with_adapter = open_with(adapters, base) if "token" in kinds else None
-    without = open_with([], base) if set(kinds) - {"token"} else None
+    with_adapter = open_with(adapters, spec.base) if "token" in kinds else None
+    without = open_with([], spec.base) if set(kinds) - {"token"} else None
     rates, images = {}, {}
     for what, prompt in prompts(spec.finding).items():
         if what not in kinds:

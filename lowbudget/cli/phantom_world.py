@@ -116,6 +116,9 @@ def benchmark(
              "the first is the one sweep, downstream, diversity and methods study.")] = "",
     compose_seeds: Annotated[int, typer.Option("--compose-seeds",
         help="Interpolation seeds of the compose section (combination and inpainting use twice as many; default 8).")] = 0,
+    base: Annotated[str, typer.Option("--base",
+        help="A base pretrained on phantoms to measure instead of the embedded one "
+             "(e.g. runs/phantom-xl-base/base from 'phantom pretrain-base --set shape=phantom-xl').")] = "",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -123,7 +126,8 @@ def benchmark(
     from lowbudget.bench.benchmark import benchmark_config, run_benchmark
     from lowbudget.io import output_folder
 
-    cfg = benchmark_config(quick=quick, findings=tuple(findings.split(",")) if findings else (), compose_seeds=compose_seeds)
+    cfg = benchmark_config(quick=quick, findings=tuple(findings.split(",")) if findings else (), compose_seeds=compose_seeds,
+                           base=base)
     output_folder(output, overwrite=overwrite, command="phantom benchmark")
     quiet_libraries()
     path = run_benchmark(output, cfg, sections=None if sections == "all" else tuple(sections.split(",")), log=info,
