@@ -123,7 +123,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    base: str = _help("Base model: diffusers folder or single-file .safetensors; empty = embedded base. --base overrides.", "")
+    base: str = _help("Base model: diffusers folder or single-file .safetensors; empty = embedded base (embedded-xl: its SDXL twin). --base overrides.", "")
     family: str = _help("Expected base family: sd1 | sd2 | sdxl | any. A base of another family is refused.", "any")
     prediction_type: str = _help("auto (from the scheduler config) | epsilon | v_prediction.", "auto")
     precision: str = _help("fp32 | bf16 | fp16 autocast; trainable tensors always stay fp32.", "fp32")

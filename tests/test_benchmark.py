@@ -19,8 +19,10 @@ from lowbudget.bench.fidelity import Sampling, TokenSpec, generate_gray, open_wi
 SHARED = ROOT / "embeddings"
 
 
-def test_plain_prompts_give_recognisable_phantoms():
-    pipe = open_with([])
+@pytest.mark.parametrize("base", ["", "embedded-xl"])
+def test_plain_prompts_give_recognisable_phantoms(base):
+    """Both embedded bases, SD's architecture and SDXL's, learnt the anatomy from captions."""
+    pipe = open_with([], base)
     for modality, prompt in (("chest", "a frontal chest x-ray"), ("prostate", "an axial t2 prostate mri")):
         images = generate_gray(pipe, prompt, list(range(16)), Sampling())
         assert recognised_rate(modality, images) >= 0.9, modality

@@ -153,6 +153,18 @@ def test_one_name_for_the_embedded_base(monkeypatch, capsys, tmp_path):
     assert_one_line_error(code, err, r"--base 'sd15' must look like NAME=PATH")
 
 
+def test_the_embedded_xl_base_is_a_folder_plain_diffusers_loads_as_sdxl(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "base-path", "embedded-xl")
+    folder = Path(out.strip())
+    assert code == 0 and folder.name.startswith("phantom-xl-v1-"), out
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    assert (pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size) == (64, 96)
+    code, _, err = run(monkeypatch, capsys, "base-path", "embedded-sd3")
+    assert_one_line_error(code, err, r"'embedded-sd3' is not an embedded base; expected one of embedded, embedded-xl")
+
+
 def test_training_says_when_it_validates_and_writes(monkeypatch, capsys, tiny_base, mixed_folder, tmp_path):
     """Off a terminal, progress is plain lines; the bar never sits silent at its last step."""
     recipe = ROOT / "recipes" / "phantom" / "chest-ti.toml"

@@ -167,6 +167,16 @@ def test_the_embedded_base_is_the_shipped_phantom_base():
     assert base.tokenizer("a frontal chest x-ray").input_ids[:4] == [49406, 320, 35794, 10563]  # real CLIP BPE ids
 
 
+def test_the_embedded_xl_base_is_the_shipped_phantom_xl_base():
+    from lowbudget.models import load_base
+    from lowbudget.models.embedded import PACKED_XL
+
+    assert PACKED_XL.stat().st_size <= 40 * 1024 * 1024
+    base = load_base("embedded-xl")
+    assert base.family == "sdxl" and base.text_widths == (64, 96) and base.unet.config.sample_size == 16
+    assert base.tokenizer_2("a frontal chest x-ray").input_ids[:4] == [49406, 320, 35794, 10563]
+
+
 def test_a_scanner_changes_how_phantoms_look_not_what_they_show():
     from lowbudget.phantoms.scanners import SCANNERS, parse_scanner
 

@@ -35,7 +35,7 @@ from lowbudget.bench.fidelity import (INIT_WORDS, Sampling, TokenSpec, attribute
 from lowbudget.errors import LowbudgetError
 from lowbudget.evaluate.diversity import diversity
 from lowbudget.io import atomic_write_text
-from lowbudget.models.embedded import EMBEDDED
+from lowbudget.models.embedded import is_embedded
 from lowbudget.phantoms import detectors
 from lowbudget.phantoms.world import MODALITIES, generate
 from lowbudget.progress import Progress
@@ -87,10 +87,10 @@ def benchmark_config(*, quick: bool = False, findings: tuple[str, ...] = (), com
     is the one the sweep, downstream, diversity and methods sections study), the compose seeds,
     the base every section trains on and samples from ("" = the embedded phantom base)."""
     cfg = BenchmarkConfig.quick() if quick else BenchmarkConfig()
-    if base and base != EMBEDDED:
-        if not Path(base).expanduser().exists():
-            raise LowbudgetError(f"--base '{base}' does not exist; expected a base pretrained on phantoms "
-                                 "(lowbudget phantom pretrain-base writes one: <output>/base)")
+    if base and not is_embedded(base) and not Path(base).expanduser().exists():
+        raise LowbudgetError(f"--base '{base}' does not exist; expected embedded-xl or a base pretrained on phantoms "
+                             "(lowbudget phantom pretrain-base writes one: <output>/base)")
+    if base:
         cfg = replace(cfg, token=replace(cfg.token, base=str(base)))
     if findings:
         cfg = replace(cfg, findings=tuple(findings), sweep_finding=findings[0])

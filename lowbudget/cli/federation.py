@@ -13,8 +13,8 @@ federate_app = typer.Typer(help="Train one adapter across sites without moving i
                            no_args_is_help=True)
 
 Recipe = Annotated[Path, typer.Argument(help="Training recipe (TOML); every role uses the same [method] table.")]
-Base = Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file, or "
-                                                            "embedded (default: the recipe's model.base).")]
+Base = Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors file, "
+                                                            "embedded or embedded-xl (default: the recipe's model.base).")]
 Sets = Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value (repeatable).")]
 Rounds = Annotated[int, typer.Option("--rounds", help="Rounds to aggregate.")]
 LocalSteps = Annotated[int, typer.Option("--local-steps", help="Training steps each site runs per round.")]

@@ -14,7 +14,7 @@ from lowbudget.errors import LowbudgetError
 commands = typer.Typer()
 
 
-_Base = Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors, or embedded (the default).")]
+_Base = Annotated[Optional[str], typer.Option("--base", help="Base model: diffusers folder, .safetensors, embedded (the default) or embedded-xl.")]
 _Adapters = Annotated[list[Path], typer.Option("--adapter", metavar="FILE", help="Embedding or LoRA file to load (repeatable).")]
 _Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds: one image (or row) per seed.")]
 _Steps = Annotated[int, typer.Option("--steps", help="Sampler steps.")]

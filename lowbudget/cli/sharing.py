@@ -103,7 +103,7 @@ def library_add(
     file: Annotated[Path, typer.Argument(help="Embedding file to add.")],
     library: Annotated[Path, typer.Option("--library", help="Library folder.")] = Path("embeddings"),
     base: Annotated[str, typer.Option("--base",
-        help="The base it was trained on: 'embedded', or a local diffusers folder or .safetensors (checked; "
+        help="The base it was trained on: 'embedded', 'embedded-xl', or a local diffusers folder or .safetensors (checked; "
              "the index keeps its name, not the path).")] = "embedded",
     description: Annotated[str, typer.Option("--description", help="One line (default: the file's own).")] = "",
     trust: _Trust = None,

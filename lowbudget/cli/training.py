@@ -18,7 +18,7 @@ commands = typer.Typer()
 def train(
     recipe: Annotated[Path, typer.Argument(help="Training recipe (TOML), e.g. recipes/chest-xray/sd15-ti.toml.")],
     base: Annotated[Optional[str], typer.Option("--base",
-        help="Base model: diffusers folder, .safetensors file, or embedded (default: the recipe's model.base).")] = None,
+        help="Base model: diffusers folder, .safetensors file, embedded or embedded-xl (default: the recipe's model.base).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Folder of training images.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Override optim.max_steps.")] = None,
@@ -85,7 +85,7 @@ def preview(
 def inspect(
     files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Adapter files: embeddings (any layout) or LoRA .safetensors.")],
     base: Annotated[Optional[str], typer.Option("--base",
-        help="Also check whether each file fits this base: a folder, .safetensors, or embedded.")] = None,
+        help="Also check whether each file fits this base: a folder, .safetensors, embedded or embedded-xl.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     trust: Annotated[Optional[Path], typer.Option("--trust",
         help="Also check signatures against this folder of public keys.")] = None,
@@ -172,12 +172,15 @@ def list_recipes(
 
 
 @commands.command("base-path")
-def base_path() -> None:
-    """Print the folder of the embedded base (unpacked on first use): a diffusers folder that
-    plain diffusers loads, e.g. StableDiffusionPipeline.from_pretrained(PATH)."""
+def base_path(
+    name: Annotated[str, typer.Argument(help="embedded (SD architecture) or embedded-xl (SDXL architecture).")] = "embedded",
+) -> None:
+    """Print the folder of an embedded base (unpacked on first use): a diffusers folder that
+    plain diffusers loads, e.g. StableDiffusionPipeline.from_pretrained(PATH)
+    (StableDiffusionXLPipeline for embedded-xl)."""
     from lowbudget.models.embedded import embedded_base_path
 
-    typer.echo(str(embedded_base_path()))
+    typer.echo(str(embedded_base_path(name)))
 
 
 @commands.command("make-base")

@@ -20,12 +20,12 @@ from pydicom.multival import MultiValue
 
 from lowbudget.data.dataset import ImageSet, load_image_folder
 from lowbudget.data.readers import image_kind
+from lowbudget.models.embedded import is_embedded
 from lowbudget.recipe import DataConfig
 from lowbudget.viz import image_grid, save_png, to_pil
 
 DARK = 0.05  # an image whose brightest pixel is below this reads as black
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage SOP class
-GRAY_BASES = ("", "embedded")  # the embedded base was pretrained on grayscale phantoms only
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _folder_warnings(files: list[PreviewFile], base: str) -> list[str]:
     if colour and len(colour) < len(files):
         out.append(f"{len(colour)} of {len(files)} images are colour and the rest gray (first colour: "
                    f"{colour[0].path.name}); a token learns the difference as part of the finding")
-    if colour and base in GRAY_BASES:
+    if colour and is_embedded(base):  # the embedded bases were pretrained on grayscale phantoms only
         out.append(f"the colour images ({len(colour)}) go into the embedded base, which was pretrained on grayscale "
                    "phantoms only: it draws gray; train colour data on a Stable Diffusion checkpoint (--base)")
     return out

@@ -20,7 +20,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from lowbudget.errors import ModelError, quote
 from lowbudget.models.base import FAMILY_NAMES, FAMILY_WIDTHS, BaseModel
-from lowbudget.models.embedded import EMBEDDED, embedded_base_path
+from lowbudget.models.embedded import EMBEDDED, embedded_base_path, is_embedded
 from lowbudget.models.single_file import load_single_file
 
 _FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -33,9 +33,10 @@ def load_base(
     prediction_type: str = "auto",
     expected_family: str = "any",
 ) -> BaseModel:
-    """Load a base model from ``path`` (``None``, ``""`` or ``"embedded"``: the embedded base)."""
-    if path is None or str(path) in ("", EMBEDDED):
-        path = embedded_base_path()
+    """Load a base model from ``path`` (``None``, ``""`` or ``"embedded"``: the embedded base;
+    ``"embedded-xl"``: its SDXL-architecture twin)."""
+    if is_embedded(path):
+        path = embedded_base_path(str(path or EMBEDDED))
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelError(

@@ -1,7 +1,7 @@
 """The shared adapter library: a folder of adapter files and an ``index.json`` describing them.
 
-Each entry gives the file, its token, the base model it was trained on (``embedded`` for the
-embedded base, else a name users resolve to their own copy), modality, n_vectors, sha256 and
+Each entry gives the file, its token, the base model it was trained on (``embedded`` or
+``embedded-xl`` for the embedded bases, else a name users resolve to their own copy), modality, n_vectors, sha256 and
 a one-line description. :func:`verify_library` checks every checksum and that every file
 loads on its base; the test suite runs it on the project's ``embeddings/`` folder.
 """
@@ -19,7 +19,7 @@ from lowbudget.adapters.foreign_layouts import read_embedding
 from lowbudget.errors import AdapterError, SignatureError, quote
 from lowbudget.io import atomic_write, atomic_write_text, output_folder, sha256_file
 from lowbudget.models import load_base
-from lowbudget.models.embedded import EMBEDDED
+from lowbudget.models.embedded import EMBEDDED, is_embedded
 from lowbudget.adapters.signing import check_signature, read_signature, verify_file
 
 INDEX = "index.json"
@@ -88,7 +88,7 @@ def add_to_library(folder: str | Path, file: str | Path, *, base: str = EMBEDDED
     emb = read_embedding(file)
     check_not_a_word(emb)
     loaded = load_base(base)
-    name = EMBEDDED if base in ("", EMBEDDED) else loaded.name
+    name = (base or EMBEDDED) if is_embedded(base) else loaded.name
     check_embedding(emb, loaded.text_encoders, base_name=name)
     if not (folder / INDEX).is_file():  # not a library yet: new, empty, or a folder lowbudget made
         output_folder(folder, option="--library", command="library add")
@@ -110,7 +110,7 @@ def _fit_problem(entry: LibraryEntry, path: Path, bases: dict[str, str | Path], 
     """Why the entry does not load on its base, if it does not; None when it does or when its
     base is not on this machine (said with ``log``). ``loaded`` caches bases by name."""
     local = bases.get(entry.base, entry.base)
-    if local != EMBEDDED and not Path(local).expanduser().exists():
+    if not is_embedded(local) and not Path(local).expanduser().exists():
         log(f"{entry.file}: its base '{entry.base}' is not on this machine, so its fit was not checked "
             f"(give --base {entry.base}=PATH)")
         return None
