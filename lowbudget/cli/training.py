@@ -57,6 +57,7 @@ def preview(
 ) -> None:
     """Show what training will see: a contact sheet of the images as read, with captions and warnings."""
     from lowbudget.data.preview import preview as read_preview
+    from lowbudget.models.embedded import is_embedded
     from lowbudget.io import output_file
     from lowbudget.progress import plural
     from lowbudget.recipe import DataConfig, build_config, load_recipe, parse_override
@@ -71,7 +72,7 @@ def preview(
             raise LowbudgetError(f"--set {stray[0]}: without --recipe only data.* values apply to a preview")
         cfg, base, tokens = build_config(DataConfig, {k[5:]: v for k, v in values.items()}), "", []
     output_file(output, overwrite=overwrite)
-    seen = read_preview(cfg, base=base, token=" ".join(tokens))
+    seen = read_preview(cfg, gray_base=is_embedded(base), token=" ".join(tokens))
     for f in seen.files:
         typer.echo(f"{f.path.relative_to(seen.images.folder)}\t{f.size}\t{f.read_as}\t{f.caption}")
     for warning in seen.warnings:

@@ -20,7 +20,6 @@ from pydicom.multival import MultiValue
 
 from lowbudget.data.dataset import ImageSet, load_image_folder
 from lowbudget.data.readers import image_kind
-from lowbudget.models.embedded import is_embedded
 from lowbudget.recipe import DataConfig
 from lowbudget.viz import image_grid, save_png, to_pil
 
@@ -58,13 +57,13 @@ class Preview:
         return save_png(image_grid(rows, cell_labels=cells, title=title), path)
 
 
-def preview(cfg: DataConfig, base: str = "", token: str = "") -> Preview:
-    """Read ``cfg.path`` as training would and say what is worth knowing about it; ``base`` is
-    the recipe's model.base ("" = the embedded one), ``token`` what {token} stands for."""
+def preview(cfg: DataConfig, gray_base: bool = True, token: str = "") -> Preview:
+    """Read ``cfg.path`` as training would and say what is worth knowing about it; ``gray_base``:
+    the base saw grayscale images only (the embedded ones), ``token`` what {token} stands for."""
     said: list[str] = []
     images = load_image_folder(cfg, warn=said.append)
     files = [_describe(im.path, im.pixels, _caption(im.caption, cfg, token), cfg) for im in images.images]
-    return Preview(images, files, said + _folder_warnings(files, base) + [w for f in files for w in f.warnings])
+    return Preview(images, files, said + _folder_warnings(files, gray_base) + [w for f in files for w in f.warnings])
 
 
 def _caption(caption: str | None, cfg: DataConfig, token: str) -> str:
@@ -147,13 +146,13 @@ def _dicom_window(ds, cfg: DataConfig, warnings: list[str], name: str) -> str:
     return used
 
 
-def _folder_warnings(files: list[PreviewFile], base: str) -> list[str]:
+def _folder_warnings(files: list[PreviewFile], gray_base: bool) -> list[str]:
     colour = [f for f in files if f.colour]
     out = []
     if colour and len(colour) < len(files):
         out.append(f"{len(colour)} of {len(files)} images are colour and the rest gray (first colour: "
                    f"{colour[0].path.name}); a token learns the difference as part of the finding")
-    if colour and is_embedded(base):  # the embedded bases were pretrained on grayscale phantoms only
+    if colour and gray_base:
         out.append(f"the colour images ({len(colour)}) go into the embedded base, which was pretrained on grayscale "
                    "phantoms only: it draws gray; train colour data on a Stable Diffusion checkpoint (--base)")
     return out
